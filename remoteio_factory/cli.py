@@ -1,0 +1,104 @@
+"""
+The ``remoteio`` command: tools for a running remoteio server.
+
+``remoteio status`` shows what the server is doing: its version, backend,
+mode and board, the connected clients, and every pin it has driven, with the
+last transitions. ``--json`` prints the same as the documented, stable JSON
+(``docs/protocol.md``, *status*) for scripts and monitoring.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from remoteio_factory import protocol
+from remoteio_factory.exc import RemoteIOConnectionError, RemoteIOError
+from remoteio_factory.status import server_status
+
+
+def _format_value(pin):
+    state = pin.get('state')
+    if state is None:
+        return '-'
+    if pin.get('frequency'):
+        return f'duty {float(state):.3f} @ {pin["frequency"]:g} Hz'
+    return 'high' if state else 'low'
+
+
+def _format_event(event, now):
+    kind, value = next((k, v) for k, v in event.items() if k != 't')
+    if kind == 'state' and isinstance(value, bool):
+        value = int(value)
+    return f'{event["t"] - now:+.3f}s {kind}={value}'
+
+
+def print_status(status, out=sys.stdout, history=5):
+    board = status['board']
+    out.write(
+        f'remoteio-server {status["version"]} (protocol {status["protocol"]}), '
+        f'backend {status["backend"]}, mode {status["mode"]}, up {status["uptime"]:.0f} s\n'
+        f'board: Raspberry Pi {board["model"]} rev {board["pcb_revision"]} '
+        f'(revision {board["revision"]}, {board["memory"]} MB, {board["soc"]})\n')
+    clients = status['clients']
+    out.write(f'\nclients: {len(clients)}\n')
+    for client in clients:
+        pins = ', '.join(f'GPIO{p}' for p in client['pins']) or 'no pins'
+        out.write(f'  #{client["id"]:<4} {client["peer"]:<22} {client["client"] or "-"}: {pins}\n')
+    pins = status['pins']
+    out.write(f'\npins: {sum(1 for p in pins if p["owner"] is not None)} claimed\n')
+    if pins:
+        out.write(f'  {"pin":<7} {"owner":<6} {"status":<9} {"function":<9} {"value":<26} last transitions\n')
+    now = status['monotonic']
+    for pin in pins:
+        owner = f'#{pin["owner"]}' if pin['owner'] is not None else '-'
+        events = ', '.join(_format_event(e, now) for e in pin.get('history', [])[-history:])
+        out.write(f'  {pin["name"]:<7} {owner:<6} {pin["status"]:<9} {pin.get("function") or "-":<9} '
+                  f'{_format_value(pin):<26} {events}\n')
+
+
+def cmd_status(args):
+    status = server_status(args.host, args.port, history=args.history)
+    if args.json:
+        json.dump(status, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write('\n')
+    else:
+        print_status(status, history=min(args.history, 5))
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        prog='remoteio', description='Tools for a remoteio server (remoteio-factory).')
+    sub = p.add_subparsers(dest='command', metavar='COMMAND')
+    sub.required = True
+    status = sub.add_parser(
+        'status', help='show what the server is doing',
+        description='Show the server\'s version, backend, mode and board, its clients, and '
+                    'every pin it has driven with the last transitions.')
+    status.add_argument('--host', default=os.environ.get('REMOTEIO_HOST', 'localhost'),
+                        help='server host (default: $REMOTEIO_HOST or %(default)s)')
+    status.add_argument('--port', type=int,
+                        default=int(os.environ.get('REMOTEIO_PORT', protocol.DEFAULT_PORT)),
+                        help='server port (default: $REMOTEIO_PORT or %(default)s)')
+    status.add_argument('--json', action='store_true', help='print the documented JSON form')
+    status.add_argument('--history', type=int, default=20, metavar='N',
+                        help='transitions per pin to fetch, 0 to 1000 (default: %(default)s)')
+    status.set_defaults(run=cmd_status)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except RemoteIOConnectionError as exc:
+        print(f'remoteio: {exc}', file=sys.stderr)
+        sys.exit(2)
+    except RemoteIOError as exc:
+        print(f'remoteio: {exc}', file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,245 @@
+"""
+One TCP connection from a client to a remoteio server.
+
+Flow: RemoteIOPin → **connection** → wire → server session.
+
+:meth:`Connection.post` sends a request without waiting (pipelined writes:
+gpiozero's blink and pulse threads must never wait for the network);
+:meth:`Connection.request` sends one and waits for its reply, with a timeout.
+Both go out in the order they were made, on one socket, so a reply to a read
+reflects every write sent before it. A reader thread takes replies off the
+socket and wakes their waiters; errors of posted requests and messages the
+server pushes go to the owner's callbacks. User code never runs on the
+reader thread.
+"""
+
+import itertools
+import logging
+import os
+import socket
+import struct
+import threading
+import weakref
+
+from remoteio_factory import protocol
+from remoteio_factory._version import __version__
+from remoteio_factory.exc import (
+    RemoteIOConnectionError, RemoteIOFactoryClosed, exception_for)
+
+log = logging.getLogger('remoteio_factory')
+
+DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_TIMEOUT = 10.0
+#: How long close() waits for the server to confirm it has everything.
+CLOSE_TIMEOUT = 2.0
+
+# Connections are not usable in a forked child: it has the socket but not the
+# reader thread. Mark them so the child neither uses nor shuts down the
+# parent's socket.
+_connections = weakref.WeakSet()
+
+
+def _forked():
+    for connection in list(_connections):
+        connection._forked = True
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_forked)
+
+
+class _Waiter:
+    __slots__ = ('event', 'reply')
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.reply = None
+
+
+class Connection:
+    """
+    A connection to the server at *host*:*port*; says hello on construction
+    and keeps the server's answer in :attr:`hello`. *on_error* is called (on
+    the reader thread; keep it short) with ``(pin, exception)`` when a posted
+    request fails; *on_push* with each pushed message.
+    """
+
+    def __init__(self, host, port, connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+                 timeout=DEFAULT_TIMEOUT, on_error=None, on_push=None):
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.on_error = on_error
+        self.on_push = on_push
+        self._ids = itertools.count(1)
+        self._waiters = {}
+        self._send_lock = threading.Lock()
+        self._closing = False
+        self._forked = False
+        self._broken = None
+        try:
+            self._sock = socket.create_connection((host, port), timeout=connect_timeout)
+        except OSError as exc:
+            raise RemoteIOConnectionError(
+                f'cannot connect to the remoteio server at {host}:{port}: '
+                f'{exc.strerror or exc}. Is remoteio-server running there, and are '
+                f'REMOTEIO_HOST and REMOTEIO_PORT right?') from None
+        sock = self._sock
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # A send may block only this long (a server that stopped reading).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack('ll', int(timeout), int((timeout % 1) * 1e6)))
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f'remoteio-reader-{host}:{port}', daemon=True)
+        self._reader.start()
+        _connections.add(self)
+        try:
+            self.hello = self.request(
+                'hello', protocol=[protocol.PROTOCOL_VERSION],
+                client=f'remoteio-factory/{__version__} pid {os.getpid()}',
+                timeout=connect_timeout)
+        except Exception:
+            self.close(graceful=False)
+            raise
+
+    @property
+    def closed(self):
+        return self._closing or self._forked
+
+    @property
+    def broken(self):
+        """Why the connection was lost, or None while it is up."""
+        return self._broken
+
+    # Sending -----------------------------------------------------------------
+
+    def _check(self):
+        if self._forked:
+            raise RemoteIOFactoryClosed('a remoteio connection cannot be used in a forked child')
+        if self._broken is not None:
+            raise RemoteIOConnectionError(
+                f'the connection to the remoteio server at {self.host}:{self.port} '
+                f'was lost: {self._broken}')
+
+    def _send(self, message):
+        data = protocol.encode(message)
+        with self._send_lock:
+            self._check()
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:
+                self._lost(f'send failed: {exc.strerror or exc}')
+                self._check()
+
+    def post(self, op, **fields):
+        """Send a request without waiting; a failure is reported to on_error."""
+        if self._closing:
+            return  # writes after close are dropped quietly (e.g. at exit)
+        fields.update(id=next(self._ids), op=op, quiet=True)
+        self._send(fields)
+
+    def request(self, op, timeout=None, **fields):
+        """Send a request and return its reply; raise the error it carries."""
+        if self._closing and op != 'bye':
+            raise RemoteIOFactoryClosed('the remoteio factory has been closed')
+        id = next(self._ids)
+        fields.update(id=id, op=op)
+        waiter = _Waiter()
+        self._waiters[id] = waiter
+        try:
+            self._send(fields)
+            if not waiter.event.wait(self.timeout if timeout is None else timeout):
+                self._check()
+                raise RemoteIOConnectionError(
+                    f'the remoteio server at {self.host}:{self.port} did not answer '
+                    f'{op!r} within {self.timeout if timeout is None else timeout} s')
+        finally:
+            self._waiters.pop(id, None)
+        reply = waiter.reply
+        if reply is None:
+            self._check()
+            raise RemoteIOConnectionError('the connection was closed')
+        if not reply.get('ok'):
+            raise exception_for(reply.get('error') or {})
+        return reply
+
+    # Receiving ---------------------------------------------------------------
+
+    def _read_loop(self):
+        reader = protocol.LineReader(limit=1 << 24)
+        reason = 'the server closed the connection'
+        try:
+            while True:
+                try:
+                    data = self._sock.recv(262144)
+                except OSError as exc:
+                    reason = f'receive failed: {exc.strerror or exc}'
+                    break
+                if not data:
+                    break
+                for line in reader.feed(data):
+                    self._dispatch(protocol.decode(line))
+        except protocol.ProtocolError as exc:
+            reason = f'the server sent a bad message: {exc}'
+        finally:
+            self._lost(reason)
+
+    def _dispatch(self, message):
+        id = message.get('id')
+        waiter = self._waiters.get(id) if id is not None else None
+        if waiter is not None:
+            waiter.reply = message
+            waiter.event.set()
+        elif 'push' in message:
+            if message['push'] == 'closing':
+                log.warning('remoteio server %s:%s is closing the connection: %s',
+                            self.host, self.port, message.get('reason'))
+            if self.on_push is not None:
+                self.on_push(message)
+        elif message.get('ok') is False:
+            error = message.get('error') or {}
+            exc = exception_for(error)
+            log.warning('remoteio server %s:%s rejected an earlier request on pin %s: %s',
+                        self.host, self.port, message.get('pin'), exc)
+            if self.on_error is not None:
+                self.on_error(message.get('pin'), exc)
+
+    def _lost(self, reason):
+        if self._broken is None:
+            self._broken = reason
+            if not self._closing:
+                log.error('lost the remoteio server at %s:%s: %s', self.host, self.port, reason)
+        for waiter in list(self._waiters.values()):
+            waiter.event.set()
+
+    # Closing ---------------------------------------------------------------
+
+    def close(self, graceful=True):
+        """
+        Close the connection. *graceful*: tell the server first, and wait (at
+        most :data:`CLOSE_TIMEOUT`) until it confirms it has carried out every
+        request sent before, so that nothing sent is lost. Never raises, never
+        hangs; a no-op when already closed.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        if self._forked:
+            return
+        if graceful and self._broken is None:
+            try:
+                self.request('bye', timeout=CLOSE_TIMEOUT)
+            except Exception:
+                pass
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        if threading.current_thread() is not self._reader:
+            self._reader.join(CLOSE_TIMEOUT if graceful else 0.1)
+        try:
+            self._sock.close()
+        except OSError:
+            pass

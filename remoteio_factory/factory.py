@@ -1,0 +1,187 @@
+"""
+The remoteio pin factory: gpiozero devices on the pins of a remote Raspberry
+Pi, served by ``remoteio-server``.
+
+Flow: gpiozero device → **RemoteIOFactory** / RemoteIOPin → connection →
+wire → server → pin worker → gpiozero pin on the Pi.
+
+The factory holds one connection. At connect it learns the remote board's
+revision (so every gpiozero pin name resolves against the *remote* board),
+its backend and what the backend can do. Reserving a pin for a device claims
+it on the server, so two clients cannot drive one pin; releasing the last
+reservation releases it there.
+"""
+
+import os
+import weakref
+
+from gpiozero.exc import GPIOPinInUse
+from gpiozero.mixins import SharedMixin
+from gpiozero.pins.pi import PiFactory
+from gpiozero.pins.spi import SPISoftware
+from time import monotonic
+
+from remoteio_factory import protocol
+from remoteio_factory.connection import (
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Connection)
+from remoteio_factory.pin import RemoteIOPin
+
+
+def _env_float(name, default):
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+class RemoteIOFactory(PiFactory):
+    """
+    Drives the GPIO pins of a remote Raspberry Pi running ``remoteio-server``.
+
+    You can select it for a whole script with environment variables, leaving
+    the script unmodified::
+
+        $ GPIOZERO_PIN_FACTORY=remoteio REMOTEIO_HOST=192.168.1.3 python3 blink.py
+
+    or construct it and pass it to devices, which lets one script drive
+    several Pis at once::
+
+        from gpiozero import LED
+        from remoteio_factory import RemoteIOFactory
+
+        factory = RemoteIOFactory(host='192.168.1.3')
+        led_1 = LED(17)                          # the default factory
+        led_2 = LED(17, pin_factory=factory)     # GPIO17 of the remote Pi
+
+    :param str host:
+        The server's host name or address. Defaults to ``REMOTEIO_HOST``, or
+        ``localhost``.
+    :param int port:
+        The server's port. Defaults to ``REMOTEIO_PORT``, or 8509.
+    :param float timeout:
+        Seconds to wait for any reply (``REMOTEIO_TIMEOUT``, default 10).
+    :param float connect_timeout:
+        Seconds to wait for the connection (``REMOTEIO_CONNECT_TIMEOUT``,
+        default 3). If no server answers in that time,
+        :exc:`~remoteio_factory.RemoteIOConnectionError` is raised.
+
+    The factory is closed automatically when the interpreter exits, and
+    releases its pins on the server; the server then switches them off.
+    """
+
+    def __init__(self, host=None, port=None, *, timeout=None, connect_timeout=None):
+        super().__init__()
+        if host is None:
+            host = os.environ.get('REMOTEIO_HOST', 'localhost')
+        if port is None:
+            port = os.environ.get('REMOTEIO_PORT', protocol.DEFAULT_PORT)
+        self._host = host
+        self._port = int(port)
+        self.pin_class = RemoteIOPin
+        self._connection = Connection(
+            host, self._port,
+            connect_timeout=connect_timeout or _env_float('REMOTEIO_CONNECT_TIMEOUT',
+                                                          DEFAULT_CONNECT_TIMEOUT),
+            timeout=timeout or _env_float('REMOTEIO_TIMEOUT', DEFAULT_TIMEOUT),
+            on_error=self._pin_failed)
+        hello = self._connection.hello
+        self._revision = int(hello['revision'], 16)
+        self._capabilities = dict(hello.get('capabilities') or {})
+        self._server_info = hello
+        # gpiozero does not close factories passed as pin_factory=: close at exit.
+        self._finalizer = weakref.finalize(self, self._connection.close)
+
+    def __repr__(self):
+        return f'<RemoteIOFactory {self._host}:{self._port} backend={self.backend}>'
+
+    @property
+    def host(self):
+        """The server's host, as given."""
+        return self._host
+
+    @property
+    def port(self):
+        """The server's port."""
+        return self._port
+
+    @property
+    def backend(self):
+        """The gpiozero backend driving the pins on the server (``lgpio``, ``mock``, …)."""
+        return self._server_info.get('backend')
+
+    @property
+    def server_info(self):
+        """The server's hello: version, backend, board revision, mode, capabilities."""
+        return dict(self._server_info)
+
+    def close(self):
+        """Release every pin on the server and close the connection. Never hangs."""
+        if self._connection.closed:
+            return
+        super().close()
+        self._finalizer()
+
+    def status(self, history=20):
+        """The server's status (see ``remoteio status --json``) as a dict."""
+        return self._connection.request('status', history=history)
+
+    # PiFactory's contract ----------------------------------------------------
+
+    def _get_revision(self):
+        return self._revision
+
+    @staticmethod
+    def ticks():
+        return monotonic()
+
+    @staticmethod
+    def ticks_diff(later, earlier):
+        return later - earlier
+
+    def _get_spi_class(self, shared, hardware):
+        # Only software SPI: hardware SPI would need the Pi's spidev.
+        return RemoteIOSoftwareSPIShared if shared else RemoteIOSoftwareSPI
+
+    # Ownership on the server -------------------------------------------------
+
+    def reserve_pins(self, requester, *names):
+        super().reserve_pins(requester, *names)
+        try:
+            for name in names:
+                for header, info in self.board_info.find_pin(name):
+                    if 'gpio' in info.interfaces:
+                        self.pin(info.name)._claim()
+        except GPIOPinInUse as exc:
+            super().release_pins(requester, *names)
+            raise GPIOPinInUse(f'{exc} (another client of the remoteio server)') from None
+        except BaseException:
+            super().release_pins(requester, *names)
+            raise
+
+    def release_pins(self, reserver, *names):
+        super().release_pins(reserver, *names)
+        with self._res_lock:
+            free = [
+                info for name in names
+                for header, info in self.board_info.find_pin(name)
+                if not self._reservations.get(info)
+            ]
+        for info in free:
+            pin = self.pins.get(info)
+            if pin is not None:
+                pin._release()
+
+    def _pin_failed(self, gpio, exc):
+        if gpio is None:
+            return
+        for pin in list(self.pins.values()):
+            if pin._gpio == gpio:
+                pin._failed(exc)
+
+
+class RemoteIOSoftwareSPI(SPISoftware):
+    """Software (bit-banged) SPI over remote pins."""
+
+
+class RemoteIOSoftwareSPIShared(SharedMixin, RemoteIOSoftwareSPI):
+    @classmethod
+    def _shared_key(cls, clock_pin, mosi_pin, miso_pin, select_pin, pin_factory):
+        return (clock_pin, select_pin)

@@ -1,0 +1,207 @@
+"""
+The client's pin: a gpiozero :class:`~gpiozero.pins.pi.PiPin` whose
+operations are carried out by the remoteio server.
+
+Flow: gpiozero device → **RemoteIOPin** → connection → wire → server.
+
+Values are validated here, before anything is sent, and raise gpiozero's own
+exceptions at once. State writes are *posted*: queued in order and sent
+without waiting for the server, so gpiozero's blink and pulse threads run at
+their own pace whatever the network does. Everything else (reads, function,
+frequency, pull) waits for the server's answer; a read reflects every write
+sent before it. If the server failed to carry out an earlier posted write,
+the error is raised by the pin's next call that waits.
+
+A pin is claimed on the server when a device reserves it (or on first use,
+for code that opens pins with ``factory.pin()`` directly) and released when
+it is closed: the server then switches it off.
+"""
+
+import math
+import threading
+
+from gpiozero.exc import (
+    PinEdgeDetectUnsupported, PinFixedPull, PinInvalidFunction, PinInvalidPull,
+    PinInvalidState, PinPWMFixedValue, PinPWMUnsupported, PinSetInput)
+from gpiozero.pins.pi import PiPin
+
+from remoteio_factory.exc import RemoteIOFactoryClosed
+from remoteio_factory.protocol import FUNCTIONS, MAX_FREQUENCY, PULLS
+
+
+def _check_state(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PinInvalidState(f'invalid state {value!r}: must be a number from 0 to 1') from None
+    if not 0 <= number <= 1:  # also rejects NaN
+        raise PinInvalidState(f'invalid state {value!r}: must be from 0 to 1')
+    # Keep ints as ints (digital), send floats as floats (duty cycle)
+    return int(number) if number in (0, 1) and not isinstance(value, float) else number
+
+
+class RemoteIOPin(PiPin):
+    """
+    A GPIO pin of a remote Raspberry Pi. Do not construct it directly: ask
+    the factory (``factory.pin(17)``) or create a gpiozero device with
+    ``pin_factory=factory``.
+    """
+
+    def __init__(self, factory, info):
+        super().__init__(factory, info)
+        self._gpio = int(info.name[4:])
+        self._claim_lock = threading.Lock()
+        self._claimed = False
+        self._function = 'input'
+        self._frequency = None
+        self._pull = info.pull or 'floating'
+        self._error = None
+
+    # Claiming --------------------------------------------------------------
+
+    def _claim(self):
+        """Claim the pin on the server unless this client already has it."""
+        if self._claimed:
+            return
+        with self._claim_lock:
+            if self._claimed:
+                return
+            reply = self._request('claim')
+            self._function = reply['function']
+            self._frequency = reply['frequency']
+            self._pull = reply.get('pull') or self.info.pull or 'floating'
+            self._error = None
+            self._claimed = True
+
+    def _release(self):
+        """Release the pin on the server (fire and forget: never waits, never raises)."""
+        with self._claim_lock:
+            if not self._claimed:
+                return
+            self._claimed = False
+        try:
+            self.factory._connection.post('release', pin=self._gpio)
+        except Exception:
+            pass  # a lost or closed connection has released the pin already
+
+    def close(self):
+        self._release()
+
+    # Talking to the server -------------------------------------------------
+
+    def _request(self, op, **fields):
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        return self.factory._connection.request(op, pin=self._gpio, **fields)
+
+    def _post(self, op, **fields):
+        self.factory._connection.post(op, pin=self._gpio, **fields)
+
+    def _failed(self, exc):
+        """An earlier posted request failed: raise it from the next waiting call."""
+        self._error = exc
+
+    @property
+    def _closed(self):
+        return self.factory._connection.closed
+
+    # gpiozero's Pin contract -----------------------------------------------
+
+    def _get_function(self):
+        return self._function
+
+    def _set_function(self, value):
+        if value not in FUNCTIONS:
+            raise PinInvalidFunction(f'invalid function "{value}" for pin {self!r}')
+        if self._closed:
+            return
+        self._claim()
+        self._apply(self._request('setup', function=value))
+
+    def output_with_state(self, state):
+        state = _check_state(state)
+        if self._closed:
+            return
+        self._claim()
+        self._apply(self._request('setup', function='output', state=state))
+
+    def input_with_pull(self, pull):
+        if pull not in PULLS:
+            raise PinInvalidPull(f'invalid pull "{pull}" for pin {self!r}')
+        if self.info.pull and pull != self.info.pull:
+            raise PinFixedPull(f'{self!r} has a fixed pull resistor')
+        if self._closed:
+            return
+        self._claim()
+        self._apply(self._request('setup', function='input', pull=pull))
+
+    def _apply(self, reply):
+        self._function = reply['function']
+        self._frequency = reply['frequency']
+        if reply.get('pull'):
+            self._pull = reply['pull']
+
+    def _get_state(self):
+        if self._closed:
+            raise RemoteIOFactoryClosed(f'cannot read {self!r}: the remoteio factory is closed')
+        self._claim()
+        return self._request('read')['state']
+
+    def _set_state(self, value):
+        value = _check_state(value)
+        if self._function != 'output':
+            raise PinSetInput(f'cannot set state of pin {self!r}')
+        if self._frequency is None and value not in (0, 1):
+            value = int(bool(value))
+        if self._closed:
+            return
+        self._claim()
+        self._post('write', state=value)
+
+    def _get_frequency(self):
+        return self._frequency
+
+    def _set_frequency(self, value):
+        if value is not None:
+            if not self.factory._capabilities.get('pwm'):
+                raise PinPWMUnsupported(
+                    f'the remoteio server\'s {self.factory.backend} backend has no PWM')
+            if self._function != 'output':
+                raise PinPWMFixedValue(f'cannot start PWM on pin {self!r}')
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise PinInvalidState(f'invalid frequency {value!r}') from None
+            if not (0 < value <= MAX_FREQUENCY) or math.isnan(value):
+                raise PinInvalidState(
+                    f'invalid frequency {value!r}: must be above 0 and at most {MAX_FREQUENCY:g} Hz')
+        if self._closed:
+            return
+        if value is None and not self._claimed:
+            self._frequency = None
+            return
+        self._claim()
+        self._apply(self._request('frequency', frequency=value))
+
+    def _get_pull(self):
+        return self._pull
+
+    def _set_pull(self, value):
+        if self._function != 'input':
+            raise PinFixedPull(f'cannot set pull on non-input pin {self!r}')
+        if value not in PULLS:
+            raise PinInvalidPull(f'invalid pull "{value}" for pin {self!r}')
+        if self.info.pull and value != self.info.pull:
+            raise PinFixedPull(f'{self!r} has a fixed pull resistor')
+        if self._closed:
+            return
+        self._claim()
+        self._apply(self._request('pull', pull=value))
+
+    def _enable_event_detect(self):
+        raise PinEdgeDetectUnsupported(
+            f'edge detection on {self!r} is not supported by this remoteio-factory version')
+
+    def _disable_event_detect(self):
+        pass

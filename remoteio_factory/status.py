@@ -1,0 +1,32 @@
+"""
+Asking a server what it is doing: the data behind ``remoteio status``.
+
+Flow: **status** → connection → wire → server (``status`` request) → the
+registry's snapshot of every pin worker.
+"""
+
+import os
+
+from remoteio_factory import protocol
+from remoteio_factory.connection import DEFAULT_CONNECT_TIMEOUT, Connection
+
+
+def server_status(host=None, port=None, history=20, timeout=DEFAULT_CONNECT_TIMEOUT):
+    """
+    Return the status of the server at *host*:*port* (defaults as for
+    :class:`~remoteio_factory.RemoteIOFactory`) as a dict; *history* is how
+    many of each pin's last transitions to include (at most 1000). The
+    format is documented in ``docs/protocol.md`` (``status``).
+    """
+    if host is None:
+        host = os.environ.get('REMOTEIO_HOST', 'localhost')
+    if port is None:
+        port = int(os.environ.get('REMOTEIO_PORT', protocol.DEFAULT_PORT))
+    connection = Connection(host, int(port), connect_timeout=timeout, timeout=10.0)
+    try:
+        reply = connection.request('status', history=history)
+    finally:
+        connection.close()
+    reply.pop('id', None)
+    reply.pop('ok', None)
+    return reply

@@ -1,0 +1,267 @@
+"""
+The server: listening socket, accept loop, the connected sessions, and an
+orderly shutdown.
+
+Flow: client → wire → **server** → session → pin worker → gpiozero pin.
+
+:class:`Server` resolves the backend (in a throw-away process), starts the
+spawner of pin workers, listens, and starts one :class:`Session` thread per
+connection. On SIGTERM or SIGINT it stops accepting, soft-closes every pin
+and exits within a bounded time.
+"""
+
+import logging
+import signal
+import socket
+import struct
+import threading
+import time
+
+from gpiozero.pins.pi import PiBoardInfo
+
+from remoteio_factory import protocol
+from remoteio_factory._version import __version__
+from remoteio_server import backends
+from remoteio_server.registry import Registry
+from remoteio_server.session import SEND_TIMEOUT, Session
+from remoteio_server.spawner import Spawner
+
+log = logging.getLogger('remoteio_server')
+
+MODES = ('wait', 'nowait')
+
+
+def board_gpios(board_info):
+    """Return ``{gpio_number: 'GPIO17', ...}`` for every GPIO on the board's headers."""
+    gpios = {}
+    for header in board_info.headers.values():
+        for info in header.pins.values():
+            if 'gpio' in info.interfaces:
+                gpios[int(info.name[4:])] = info.name
+    return gpios
+
+
+class Server:
+    """A remoteio server; see the module docstring and :func:`run_server`."""
+
+    def __init__(self, host='0.0.0.0', port=protocol.DEFAULT_PORT, backend='auto',
+                 mode='wait', revision=None, max_message=protocol.MAX_MESSAGE,
+                 max_clients=64, max_pins=64, spares=2, shutdown_timeout=10.0):
+        if mode not in MODES:
+            raise ValueError(f'mode must be one of {", ".join(MODES)}, not {mode!r}')
+        if backend != 'auto' and backend not in backends.BACKENDS:
+            raise ValueError(f'backend must be auto or one of {", ".join(backends.BACKENDS)}')
+        if revision is not None and backend != 'mock':
+            raise ValueError('--revision applies to the mock backend only')
+        self.host = host
+        self.port = port
+        self.requested_backend = backend
+        self.mode = mode
+        self.revision = revision
+        self.max_message = max_message
+        self.max_clients = max_clients
+        self.max_pins = max_pins
+        self.spares = spares
+        self.shutdown_timeout = shutdown_timeout
+        self.sessions = {}
+        self._next_session = 1
+        self._lock = threading.Lock()
+        self._listener = None
+        self._stopping = threading.Event()
+        self.started = None
+
+    # Start-up ----------------------------------------------------------------
+
+    def start(self):
+        """Resolve the backend, start the spawner and listen. Returns the bound port."""
+        probe_spawner = Spawner(None, self.revision)
+        backend, revision, reasons = probe_spawner.probe(self.requested_backend)
+        for reason in reasons:
+            log.info('backend not usable: %s', reason)
+        if self.requested_backend == 'auto' and backend == 'mock':
+            log.warning('no GPIO backend works on this machine; using the mock backend '
+                        '(simulated pins, nothing is driven)')
+        self.backend = backend
+        self.capabilities = dict(backends.CAPABILITIES[backend])
+        self.board_info = PiBoardInfo.from_revision(int(revision, 16))
+        gpios = board_gpios(self.board_info)
+        self.spawner = Spawner(backend, revision if backend == 'mock' else None, self.spares)
+        self.registry = Registry(self.spawner, gpios, gpios)
+        self._listener = self._listen()
+        self.port = self._listener.getsockname()[1]
+        self.spawner.start()
+        self.started = time.monotonic()
+        return self.port
+
+    def _listen(self):
+        infos = socket.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        return socket.create_server(address, family=family, backlog=64)
+
+    # Serving -----------------------------------------------------------------
+
+    def serve_forever(self):
+        """Accept connections until :meth:`stop` is called."""
+        while not self._stopping.is_set():
+            try:
+                sock, peer = self._listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    break
+                raise
+            self._accept(sock, peer)
+
+    def _accept(self, sock, peer):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.settimeout(None)
+        # A blocked send (a client that stopped reading) must not stall a pin forever.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        _timeval(SEND_TIMEOUT))
+        peer_text = _peer_text(peer)
+        with self._lock:
+            if len(self.sessions) >= self.max_clients:
+                full = True
+            else:
+                full = False
+                session = Session(self, sock, peer_text, self._next_session)
+                self._next_session += 1
+                self.sessions[session.id] = session
+        if full:
+            message = f'the server has its maximum of {self.max_clients} clients'
+            try:
+                sock.sendall(protocol.encode({'push': 'closing', 'reason': message}))
+            except OSError:
+                pass
+            sock.close()
+            log.warning('refused %s: %s', peer_text, message)
+            return
+        log.info('client %s connected', session.describe())
+        threading.Thread(target=session.run, name=f'remoteio-session-{session.id}',
+                         daemon=True).start()
+
+    def session_ended(self, session, reason):
+        with self._lock:
+            self.sessions.pop(session.id, None)
+        log.info('client %s disconnected: %s', session.describe(), reason)
+
+    # Information ---------------------------------------------------------------
+
+    def board_dict(self):
+        info = self.board_info
+        return {
+            'revision': info.revision,
+            'model': info.model,
+            'pcb_revision': info.pcb_revision,
+            'released': info.released,
+            'soc': info.soc,
+            'manufacturer': info.manufacturer,
+            'memory': info.memory,
+        }
+
+    def hello_info(self, session):
+        return {
+            'protocol': protocol.PROTOCOL_VERSION,
+            'server': 'remoteio-server',
+            'version': __version__,
+            'backend': self.backend,
+            'revision': self.board_info.revision,
+            'mode': self.mode,
+            'capabilities': self.capabilities,
+            'session': session.id,
+            'monotonic': time.monotonic(),
+            'max_message': self.max_message,
+        }
+
+    def status(self, history=20):
+        with self._lock:
+            sessions = list(self.sessions.values())
+        return {
+            'protocol': protocol.PROTOCOL_VERSION,
+            'server': 'remoteio-server',
+            'version': __version__,
+            'backend': self.backend,
+            'mode': self.mode,
+            'board': self.board_dict(),
+            'monotonic': time.monotonic(),
+            'time': time.time(),
+            'uptime': time.monotonic() - self.started,
+            'clients': [
+                {'id': s.id, 'peer': s.peer, 'client': s.client,
+                 'connected': s.connected, 'pins': sorted(s.pins)}
+                for s in sessions
+            ],
+            'pins': self.registry.snapshot(history),
+        }
+
+    # Stopping ------------------------------------------------------------------
+
+    def stop(self):
+        """Stop accepting, soft-close every connection's pins, stop the workers."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        with self._lock:
+            sessions = list(self.sessions.values())
+        for session in sessions:
+            session.send({'push': 'closing', 'reason': 'the server is shutting down'})
+            for pin in list(session.pins.values()):
+                pin.release()
+        if not self.registry.wait_all_freed(self.shutdown_timeout):
+            log.error('some pins were not released within %s s', self.shutdown_timeout)
+        for session in sessions:
+            session._abort()
+        self.spawner.close()
+
+
+def _timeval(seconds):
+    return struct.pack('ll', int(seconds), int((seconds % 1) * 1e6))
+
+
+def _peer_text(peer):
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = peer[0]
+        return f'[{host}]:{peer[1]}' if ':' in host else f'{host}:{peer[1]}'
+    return str(peer)
+
+
+def run_server(port=protocol.DEFAULT_PORT, mode='wait', host='0.0.0.0', backend='auto',
+               revision=None, ready=None, **options):
+    """
+    Run a remoteio server until SIGTERM or SIGINT (Ctrl+C), as the seed's
+    ``run_server`` did::
+
+        from remoteio_server import run_server
+
+        if __name__ == '__main__':
+            run_server(port=8509, mode='wait')
+
+    *ready*, if given, is called with the :class:`Server` once it listens.
+    """
+    server = Server(host=host, port=port, backend=backend, mode=mode,
+                    revision=revision, **options)
+    server.start()
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        log.info('remoteio-server %s listening on %s:%d (backend %s, board %s, mode %s)',
+                 __version__, server.host, server.port, server.backend,
+                 server.board_info.revision, server.mode)
+        if ready is not None:
+            ready(server)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info('stopping: releasing every pin')
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+    return server
+

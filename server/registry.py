@@ -1,0 +1,263 @@
+"""
+Which pin belongs to whom, and the server's end of each pin worker.
+
+Flow: server session → **registry / ClaimedPin** → pin worker.
+
+A :class:`ClaimedPin` is one claimed GPIO: its owner (a session), its worker
+process and the operations forwarded to that worker and not yet
+acknowledged. A reader thread per pin takes the worker's acknowledgements
+and replies and routes each one to where it belongs (a client, or a thread
+of the server waiting for it). The :class:`Registry` hands pins out (one
+owner at a time), takes them back when their worker has switched them off
+and ended, and keeps the last history of every pin for ``status``.
+"""
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+
+from remoteio_factory.protocol import ProtocolError
+
+log = logging.getLogger('remoteio_server.registry')
+
+#: How long the server waits for a worker to answer an internal request.
+INTERNAL_TIMEOUT = 10.0
+
+
+def _dumps(message):
+    return json.dumps(message, separators=(',', ':')).encode('utf-8')
+
+
+class InternalReply:
+    """Where a worker's answer goes when a server thread is waiting for it."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self.result = None
+        self.error = None
+
+    def finish(self, result, error):
+        self.result, self.error = result, error
+        self._event.set()
+
+    def wait(self, timeout=INTERNAL_TIMEOUT):
+        if not self._event.wait(timeout):
+            raise TimeoutError('the pin worker did not answer in time')
+        if self.error is not None:
+            raise ProtocolError(self.error['code'], self.error['message'])
+        return self.result
+
+
+class ClaimedPin:
+    """One claimed GPIO and the server's end of its worker; see the module docstring."""
+
+    def __init__(self, registry, gpio, owner, worker):
+        self.registry = registry
+        self.gpio = gpio
+        self.owner = owner
+        self.worker = worker
+        self.status = 'claiming'
+        self.final = None          # the worker's last snapshot, once released
+        self._seq = 0
+        self._pending = deque()    # (seq, route) in the order sent
+        self._lock = threading.Lock()
+
+    def attach(self, worker):
+        """Bind the pin to its (ready) worker and start reading from it."""
+        self.worker = worker
+        threading.Thread(
+            target=self._read_worker, name=f'remoteio-pin-{self.gpio}', daemon=True).start()
+
+    @property
+    def busy(self):
+        """True while operations sent to the worker are not acknowledged."""
+        return bool(self._pending)
+
+    def forward(self, op, args, route):
+        """Send *op* to the worker; *route*.finish(result, error) runs when it is done."""
+        with self._lock:
+            if self.status == 'gone':
+                error = {'code': 'worker_died', 'message': f'the worker of GPIO{self.gpio} has ended'}
+                route.finish(None, error)
+                return
+            self._seq += 1
+            self._pending.append((self._seq, route))
+            try:
+                self.worker.conn.send_bytes(_dumps([self._seq, op, args]))
+            except OSError:
+                pass  # the reader sees the worker's end and fails the pending routes
+
+    def call(self, op, args, timeout=INTERNAL_TIMEOUT):
+        """Send *op* and wait for its result (for the server's own use)."""
+        reply = InternalReply()
+        self.forward(op, args, reply)
+        return reply.wait(timeout)
+
+    def release(self, route=None):
+        """Soft close: what was sent is carried out, then the pin is switched off and freed."""
+        with self._lock:
+            if self.status in ('releasing', 'gone'):
+                if route is not None:
+                    route.finish({}, None)
+                return
+            self.status = 'releasing'
+        self.forward('release', {}, route or InternalReply())
+
+    def _complete(self, seq, result, error):
+        finished = []
+        with self._lock:
+            while self._pending and self._pending[0][0] <= seq:
+                finished.append(self._pending.popleft())
+        for done_seq, route in finished:
+            if done_seq == seq:
+                route.finish(result, error)
+            else:
+                route.finish(None, None)
+        owner = self.owner
+        if owner is not None:
+            owner.pin_progressed()
+
+    def _read_worker(self):
+        conn = self.worker.conn
+        while True:
+            try:
+                message = json.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                break
+            kind = message[0]
+            if kind == 'done':
+                self._complete(message[1], None, None)
+            elif kind == 'ok':
+                if self.status == 'releasing' and 'history' in message[2]:
+                    self.final = message[2]
+                self._complete(message[1], message[2], None)
+            elif kind == 'err':
+                self._complete(message[1], None, message[2])
+        # The worker has ended (released, or died).
+        with self._lock:
+            died = self.status != 'releasing'
+            self.status = 'gone'
+            leftover, self._pending = list(self._pending), deque()
+        error = {'code': 'worker_died', 'message': f'the worker of GPIO{self.gpio} ended unexpectedly'}
+        for _, route in leftover:
+            route.finish(None, error)
+        if died:
+            log.error('worker %d of GPIO%d ended unexpectedly', self.worker.pid, self.gpio)
+        self.worker.kill()  # closes our end and reaps the process
+        self.registry.freed(self, died)
+
+
+class Registry:
+    """Owner of every claimed pin; see the module docstring."""
+
+    def __init__(self, spawner, gpios, names):
+        self.spawner = spawner
+        self.gpios = frozenset(gpios)
+        self.names = names           # gpio -> 'GPIO17'
+        self._claimed = {}
+        self._released = {}          # gpio -> last snapshot of a freed pin
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+
+    def claim(self, gpio, session, timeout=INTERNAL_TIMEOUT):
+        """Give *gpio* to *session*; return the ClaimedPin and the pin's state."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                current = self._claimed.get(gpio)
+                if current is None:
+                    break
+                if current.owner is not session or current.status == 'claiming':
+                    raise ProtocolError(
+                        'pin_in_use',
+                        f'GPIO{gpio} is in use by client {current.owner.describe()}'
+                        if current.owner is not session else f'GPIO{gpio} is being claimed')
+                if current.status == 'claimed':
+                    return current, None
+                # Our own earlier release is still running: wait for it.
+                if not self._changed.wait(deadline - time.monotonic()):
+                    raise ProtocolError('pin_in_use', f'GPIO{gpio} is still being released')
+            pin = ClaimedPin(self, gpio, session, _NO_WORKER)
+            self._claimed[gpio] = pin
+        try:
+            worker = self.spawner.take()
+        except Exception as exc:
+            with self._lock:
+                del self._claimed[gpio]
+                self._changed.notify_all()
+            raise ProtocolError('backend_error', f'cannot start a worker for GPIO{gpio}: {exc}')
+        pin.attach(worker)
+        try:
+            state = pin.call('claim', {'gpio': gpio})
+        except (ProtocolError, TimeoutError):
+            pin.status = 'gone'
+            worker.kill()
+            with self._lock:
+                del self._claimed[gpio]
+                self._changed.notify_all()
+            raise
+        pin.status = 'claimed'
+        return pin, state
+
+    def freed(self, pin, died):
+        final = pin.final
+        if final is None:
+            final = {'function': None, 'state': None, 'frequency': None, 'pull': None,
+                     'writes': None, 'history': []}
+        with self._lock:
+            if self._claimed.get(pin.gpio) is pin:
+                del self._claimed[pin.gpio]
+            self._released[pin.gpio] = dict(final, died=died)
+            self._changed.notify_all()
+        if pin.owner is not None:
+            pin.owner.pin_freed(pin, died)
+
+    def wait_all_freed(self, timeout):
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            return self._changed.wait_for(
+                lambda: not self._claimed, max(0.0, deadline - time.monotonic()))
+
+    def claimed_count(self):
+        with self._lock:
+            return len(self._claimed)
+
+    def snapshot(self, history):
+        """Every pin the server has driven since it started, as status dicts."""
+        with self._lock:
+            claimed = [p for p in self._claimed.values() if p.status in ('claimed', 'releasing')]
+            released = dict(self._released)
+        replies = []
+        for pin in claimed:
+            reply = InternalReply()
+            pin.forward('snapshot', {'history': history}, reply)
+            replies.append((pin, reply))
+        pins = {}
+        for pin, reply in replies:
+            try:
+                info = reply.wait(2.0)
+            except (ProtocolError, TimeoutError) as exc:
+                info = {'error': str(exc)}
+            pins[pin.gpio] = dict(info, gpio=pin.gpio, owner=pin.owner.id, status=pin.status)
+        for gpio, info in released.items():
+            if gpio not in pins:
+                info = dict(info, gpio=gpio, owner=None, status='free')
+                info['history'] = info.get('history', [])[-history:] if history else []
+                pins[gpio] = info
+        for info in pins.values():
+            info['name'] = self.names[info['gpio']]
+        return [pins[gpio] for gpio in sorted(pins)]
+
+
+class _NoWorker:
+    """Stands in for the worker while one is being taken from the spawner."""
+    pid = None
+    conn = None
+
+    def kill(self):
+        pass
+
+
+_NO_WORKER = _NoWorker()

@@ -1,0 +1,276 @@
+"""
+One client connection on the server.
+
+Flow: client → wire → **server session** → pin worker.
+
+A session reads the client's lines, validates every field of every request
+(:mod:`remoteio_factory.protocol`), and either answers it itself (hello,
+ping, status, claim) or forwards it to the worker of a pin it owns. Requests
+for one pin reach that pin's worker in the order they were sent. A read
+waits until everything the connection sent to *other* pins has been carried
+out, so a client always reads its own writes. When the connection ends, for
+any reason, every pin it owns is soft-closed: what was sent is carried out,
+then the pin is switched off and released.
+"""
+
+import logging
+import socket
+import threading
+import time
+
+from remoteio_factory import protocol
+from remoteio_factory.protocol import ProtocolError, error_reply, encode
+
+log = logging.getLogger('remoteio_server.session')
+
+#: How long a read waits for the connection's other pins to catch up.
+BARRIER_TIMEOUT = 10.0
+#: A client that does not take its replies for this long is disconnected.
+SEND_TIMEOUT = 10.0
+
+
+class ClientReply:
+    """Where a worker's answer goes when a client is waiting for it."""
+
+    __slots__ = ('session', 'id', 'quiet', 'pin')
+
+    def __init__(self, session, id, quiet, pin):
+        self.session, self.id, self.quiet, self.pin = session, id, quiet, pin
+
+    def finish(self, result, error):
+        if error is not None:
+            self.session.send(error_reply(
+                self.id, error['code'], error['message'], error.get('type'), pin=self.pin))
+        elif not self.quiet:
+            reply = {'id': self.id, 'ok': True}
+            if result:
+                reply.update(result)
+            self.session.send(reply)
+
+
+class Session:
+    """One client connection; see the module docstring."""
+
+    def __init__(self, server, sock, peer, id):
+        self.server = server
+        self.sock = sock
+        self.peer = peer
+        self.id = id
+        self.client = None
+        self.connected = time.monotonic()
+        self.pins = {}                     # gpio -> ClaimedPin
+        self.greeted = False
+        self.closed = False
+        self._send_lock = threading.Lock()
+        self._progress = threading.Condition()
+        self.handlers = {
+            'hello': self.on_hello,
+            'ping': self.on_ping,
+            'claim': self.on_claim,
+            'release': self.on_release,
+            'setup': self.on_setup,
+            'write': self.on_write,
+            'frequency': self.on_frequency,
+            'pull': self.on_pull,
+            'read': self.on_read,
+            'status': self.on_status,
+            'bye': self.on_bye,
+        }
+
+    def describe(self):
+        name = f' {self.client}' if self.client else ''
+        return f'#{self.id} ({self.peer}{name})'
+
+    # Sending ---------------------------------------------------------------
+
+    def send(self, message):
+        data = encode(message)
+        with self._send_lock:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                # The reader notices the broken socket and closes the session.
+                self._abort()
+
+    def _abort(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # Reading ---------------------------------------------------------------
+
+    def run(self):
+        """The session's thread: read and handle requests until the connection ends."""
+        reader = protocol.LineReader(self.server.max_message)
+        reason = 'connection closed by the client'
+        try:
+            while not self.closed:
+                try:
+                    data = self.sock.recv(262144)
+                except OSError as exc:
+                    reason = f'connection broken: {exc}'
+                    break
+                if not data:
+                    break
+                try:
+                    lines = reader.feed(data)
+                except ProtocolError as exc:
+                    # The stream can no longer be trusted to be in step.
+                    self.send(error_reply(None, exc.code, str(exc)))
+                    self.send({'push': 'closing', 'reason': str(exc)})
+                    reason = str(exc)
+                    break
+                for line in lines:
+                    self.handle_line(line)
+                    if self.closed:
+                        reason = 'client said bye'
+                        break
+        finally:
+            self.close(reason)
+
+    def handle_line(self, line):
+        id = message = None
+        try:
+            message = protocol.decode(line)
+            id = protocol.get_id(message)
+            op = message.get('op')
+            if not isinstance(op, str):
+                raise ProtocolError('bad_request', "field 'op' must be a string")
+            handler = self.handlers.get(op)
+            if handler is None:
+                raise ProtocolError('unknown_op', f'unknown operation {op[:40]!r}')
+            if not self.greeted and op != 'hello':
+                raise ProtocolError('hello_required', 'the first request must be hello')
+            handler(id, message)
+        except ProtocolError as exc:
+            pin = message.get('pin') if isinstance(message, dict) else None
+            self.send(error_reply(id, exc.code, str(exc),
+                                  pin=pin if isinstance(pin, int) else None))
+
+    # Helpers ---------------------------------------------------------------
+
+    def owned(self, message):
+        gpio = protocol.get_gpio(message, self.server.registry.gpios)
+        pin = self.pins.get(gpio)
+        if pin is None or pin.status != 'claimed':
+            raise ProtocolError('not_claimed', f'GPIO{gpio} is not claimed by this connection')
+        return pin
+
+    def forward(self, id, message, op, args):
+        pin = self.owned(message)
+        quiet = protocol.get_bool(message, 'quiet')
+        pin.forward(op, args, ClientReply(self, id, quiet, pin.gpio))
+
+    def pin_progressed(self):
+        with self._progress:
+            self._progress.notify_all()
+
+    def pin_freed(self, pin, died):
+        if self.pins.get(pin.gpio) is pin:
+            del self.pins[pin.gpio]
+        if died and not self.closed:
+            self.send({'push': 'pin_lost', 'pin': pin.gpio,
+                       'error': {'code': 'worker_died', 'type': 'RemoteIOPinError',
+                                 'message': f'the worker of GPIO{pin.gpio} died; the pin was freed'}})
+        self.pin_progressed()
+
+    def wait_caught_up(self, except_pin=None):
+        """Block until every pin but *except_pin* has carried out what was sent to it."""
+        with self._progress:
+            self._progress.wait_for(
+                lambda: not any(p.busy for p in list(self.pins.values()) if p is not except_pin),
+                BARRIER_TIMEOUT)
+
+    def reply(self, id, **fields):
+        self.send(dict(id=id, ok=True, **fields))
+
+    # Handlers --------------------------------------------------------------
+    # Each takes the request id and the decoded message; every field is
+    # validated here before anything is forwarded.
+
+    def on_hello(self, id, message):
+        wanted = message.get('protocol')
+        versions = wanted if isinstance(wanted, list) else [wanted]
+        if protocol.PROTOCOL_VERSION not in versions:
+            raise ProtocolError(
+                'unsupported_protocol',
+                f'this server speaks protocol {protocol.PROTOCOL_VERSION}, not {wanted!r}')
+        client = message.get('client')
+        if client is not None:
+            if not isinstance(client, str):
+                raise ProtocolError('bad_request', "field 'client' must be a string")
+            self.client = client[:100]
+        self.greeted = True
+        self.reply(id, **self.server.hello_info(self))
+
+    def on_ping(self, id, message):
+        self.wait_caught_up()
+        self.reply(id, monotonic=time.monotonic())
+
+    def on_claim(self, id, message):
+        gpio = protocol.get_gpio(message, self.server.registry.gpios)
+        if gpio not in self.pins and len(self.pins) >= self.server.max_pins:
+            raise ProtocolError('limit', f'a connection may claim at most {self.server.max_pins} pins')
+        pin, state = self.server.registry.claim(gpio, self)
+        if state is None:
+            state = pin.call('read', {})
+        self.pins[gpio] = pin
+        self.reply(id, pin=gpio, **state)
+
+    def on_release(self, id, message):
+        pin = self.owned(message)
+        quiet = protocol.get_bool(message, 'quiet')
+        pin.release(ClientReply(self, id, quiet, pin.gpio))
+
+    def on_setup(self, id, message):
+        function = protocol.get_str(message, 'function', protocol.FUNCTIONS, 'invalid_function')
+        state = protocol.get_state(message, required=False)
+        pull = protocol.get_str(message, 'pull', protocol.PULLS, 'invalid_pull', required=False)
+        if state is not None and function != 'output':
+            raise ProtocolError('bad_request', "'state' goes with function 'output' only")
+        if pull is not None and function != 'input':
+            raise ProtocolError('bad_request', "'pull' goes with function 'input' only")
+        self.forward(id, message, 'setup', {'function': function, 'state': state, 'pull': pull})
+
+    def on_write(self, id, message):
+        state = protocol.get_state(message)
+        self.forward(id, message, 'write', {'state': state})
+
+    def on_frequency(self, id, message):
+        frequency = protocol.get_frequency(message)
+        if frequency is not None and not self.server.capabilities['pwm']:
+            raise ProtocolError('pwm_unsupported', f'the {self.server.backend} backend has no PWM')
+        self.forward(id, message, 'frequency', {'frequency': frequency})
+
+    def on_pull(self, id, message):
+        pull = protocol.get_str(message, 'pull', protocol.PULLS, 'invalid_pull')
+        self.forward(id, message, 'pull', {'pull': pull})
+
+    def on_read(self, id, message):
+        pin = self.owned(message)
+        self.wait_caught_up(except_pin=pin)
+        pin.forward('read', {}, ClientReply(self, id, False, pin.gpio))
+
+    def on_status(self, id, message):
+        history = protocol.get_count(message, 'history', 20, 1000)
+        self.reply(id, **self.server.status(history))
+
+    def on_bye(self, id, message):
+        self.wait_caught_up()
+        self.reply(id)
+        self.closed = True
+
+    # Closing ---------------------------------------------------------------
+
+    def close(self, reason):
+        """Soft-close every pin this connection owns, then drop the connection."""
+        self.closed = True
+        for pin in list(self.pins.values()):
+            pin.release()
+        self.server.session_ended(self, reason)
+        self._abort()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
