@@ -145,18 +145,21 @@ class PinWorker:
     def op_snapshot(self, args):
         result = self.read_state()
         result['writes'] = self.writes
+        result['worker_pid'] = os.getpid()
         limit = args.get('history', HISTORY_LENGTH)
         result['history'] = list(self.history)[-limit:] if limit else []
         return result
 
     def op_release(self, args):
-        """Soft close: switch the pin off, close it, report, end the worker."""
+        """
+        Soft close: stop PWM and return the pin to an input, as gpiozero does
+        when a device is closed (so an active-low device is never driven low
+        for an instant), then report and end the worker.
+        """
         pin = self.pin
         try:
-            if pin.function == 'output':
-                pin.state = 0
-                if pin.frequency is not None:
-                    pin.frequency = None
+            if pin.frequency is not None:
+                pin.frequency = None
                 self._record()
             pin.close()
         finally:

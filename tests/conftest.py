@@ -1,0 +1,187 @@
+"""
+Test fixtures: a real ``remoteio-server`` subprocess on 127.0.0.1 (a free
+port picked by the server itself), real factories and real gpiozero devices,
+and helpers to run unmodified gpiozero scripts in subprocesses.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from remoteio_factory import RemoteIOFactory, server_status
+
+READY = re.compile(rb'remoteio-server ready on (\S+):(\d+) ')
+START_TIMEOUT = 30
+
+
+def wait_for(predicate, timeout=10.0, interval=0.01, message='condition'):
+    """Poll *predicate* until it returns a true value or *timeout* passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out after {timeout} s waiting for {message}')
+        time.sleep(interval)
+
+
+class ServerProcess:
+    """A remoteio-server subprocess and what tests need to talk to it."""
+
+    def __init__(self, *args):
+        self.args = args
+        self.process = subprocess.Popen(
+            [sys.executable, '-m', 'remoteio_server', '--host', '127.0.0.1', '--port', '0',
+             '--backend', 'mock', '--log-level', 'warning', *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_server_env())
+        self.stderr_lines = []
+        line = self._read_ready_line()
+        match = READY.search(line)
+        if not match:
+            self.process.kill()
+            raise RuntimeError(f'server did not start: {line!r} {self.process.stderr.read()!r}')
+        self.host = '127.0.0.1'
+        self.port = int(match.group(2))
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+
+    def _read_ready_line(self):
+        result = []
+        reader = threading.Thread(target=lambda: result.append(self.process.stdout.readline()),
+                                  daemon=True)
+        reader.start()
+        reader.join(START_TIMEOUT)
+        return result[0] if result else b''
+
+    def _drain_stderr(self):
+        for line in self.process.stderr:
+            self.stderr_lines.append(line.decode(errors='replace'))
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def env(self, **extra):
+        """Environment for a client subprocess that selects this server."""
+        env = dict(os.environ, GPIOZERO_PIN_FACTORY='remoteio', REMOTEIO_HOST=self.host,
+                   REMOTEIO_PORT=str(self.port))
+        env.update(extra)
+        return env
+
+    def factory(self, **kwargs):
+        return RemoteIOFactory(host=self.host, port=self.port, **kwargs)
+
+    def status(self, history=1000):
+        return server_status(self.host, self.port, history=history)
+
+    def pin(self, gpio, history=1000):
+        """The status entry of *gpio*, or None if the server never drove it."""
+        for pin in self.status(history)['pins']:
+            if pin['gpio'] == gpio:
+                return pin
+        return None
+
+    def wait_free(self, *gpios, timeout=10.0):
+        """Wait until every GPIO in *gpios* has been released; return their entries."""
+        def all_free():
+            pins = {p['gpio']: p for p in self.status()['pins']}
+            if all(g in pins and pins[g]['status'] == 'free' for g in gpios):
+                return pins
+            return None
+        pins = wait_for(all_free, timeout, message=f'GPIOs {gpios} to be free')
+        return [pins[g] for g in gpios]
+
+    def alive(self):
+        return self.process.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+        return self.process.returncode
+
+
+def _server_env():
+    env = dict(os.environ)
+    # The server must never take its backend from the client's variable.
+    env['GPIOZERO_PIN_FACTORY'] = 'remoteio'
+    return env
+
+
+@pytest.fixture(scope='module')
+def server():
+    """A server shared by the tests of one module (mock backend, Pi 3B)."""
+    proc = ServerProcess()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def fresh_server():
+    """A server of the test's own, for tests that break or stop it."""
+    servers = []
+
+    def start(*args):
+        proc = ServerProcess(*args)
+        servers.append(proc)
+        return proc
+    yield start
+    for proc in servers:
+        proc.stop()
+
+
+@pytest.fixture
+def factory(server):
+    f = server.factory()
+    yield f
+    f.close()
+
+
+def run_script(server, code, timeout=30, check=True, env=None):
+    """Run *code* (dedented) in a fresh interpreter with GPIOZERO_PIN_FACTORY=remoteio."""
+    result = subprocess.run(
+        [sys.executable, '-c', textwrap.dedent(code)], env=env or server.env(),
+        capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f'script failed ({result.returncode}):\n{result.stdout}\n{result.stderr}')
+    return result
+
+
+def start_script(server, code, env=None):
+    """Start *code* in a subprocess; return it once it has printed 'ready'."""
+    process = subprocess.Popen(
+        [sys.executable, '-c', textwrap.dedent(code)], env=env or server.env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = []
+    reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(30)
+    if not line or line[0].strip() != 'ready':
+        process.kill()
+        raise AssertionError(f'script did not get ready: {line} {process.stderr.read()}')
+    return process
+
+
+def states(pin_entry):
+    """The sequence of state values in a pin's history."""
+    return [e['state'] for e in pin_entry['history'] if 'state' in e]
+
+
+def transitions(pin_entry, key='state'):
+    """(t, value) of every change of *key* in a pin's history."""
+    return [(e['t'], e[key]) for e in pin_entry['history'] if key in e]
+
+
