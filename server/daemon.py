@@ -177,6 +177,7 @@ class Server:
     def status(self, history=20):
         with self._lock:
             sessions = list(self.sessions.values())
+        pins = self.registry.snapshot(history)
         return {
             'protocol': protocol.PROTOCOL_VERSION,
             'server': 'remoteio-server',
@@ -192,7 +193,7 @@ class Server:
                  'connected': s.connected, 'pins': sorted(s.pins)}
                 for s in sessions
             ],
-            'pins': self.registry.snapshot(history),
+            'pins': pins,
         }
 
     # Stopping ------------------------------------------------------------------
