@@ -56,12 +56,27 @@ def parser():
     p.add_argument('--log-level', default=_env('LOG_LEVEL', 'info'),
                    choices=('debug', 'info', 'warning', 'error'),
                    help='(default: %(default)s)')
+    p.add_argument('--print-unit', action='store_true',
+                   help='print a systemd unit that runs this remoteio-server, and exit')
     p.add_argument('--version', action='version', version=f'remoteio-server {__version__}')
     return p
 
 
+def systemd_unit():
+    """The shipped unit file, with ExecStart pointing at this installation."""
+    from importlib import resources
+    text = resources.files('remoteio_server').joinpath('remoteio-server.service').read_text()
+    command = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), 'remoteio-server')
+    if not os.path.exists(command):
+        command = f'{os.path.abspath(sys.executable)} -m remoteio_server'
+    return text.replace('ExecStart=/opt/remoteio/bin/remoteio-server', f'ExecStart={command}')
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
+    if args.print_unit:
+        sys.stdout.write(systemd_unit())
+        return
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format='%(asctime)s %(name)s %(levelname)s: %(message)s')

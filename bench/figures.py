@@ -1,0 +1,363 @@
+"""
+The measurements. Each ``measure_*`` function runs one kind of measurement
+and returns its :class:`Figure` rows and a dict of details for the JSON
+report. Every timed loop is bounded both in count and in time
+(:func:`timed_loop`); when the time bound cuts a loop short, the figures are
+computed from what was done and the details say how many samples that was.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from gpiozero import OutputDevice
+
+from bench import harness
+
+MESSAGE_SIZE = 32
+WARMUP = 200
+
+
+# Rows --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    """A limit on a figure's value, or on its ratio to the baseline."""
+    limit: float
+    at_most: bool = True
+    on_ratio: bool = False
+
+    def met_by(self, figure):
+        number = figure.ratio if self.on_ratio else figure.value
+        if number is None:
+            return None
+        return number <= self.limit if self.at_most else number >= self.limit
+
+    def describe(self, unit):
+        sign = '≤' if self.at_most else '≥'
+        return f'{sign} {self.limit:g}×' if self.on_ratio else f'{sign} {format_number(self.limit, unit)}'
+
+
+@dataclass
+class Figure:
+    """One row of the report."""
+    key: str
+    name: str
+    value: Optional[float]
+    unit: str
+    baseline: Optional[float] = None
+    target: Optional[Target] = None
+    note: str = ''
+
+    @property
+    def ratio(self):
+        if self.value is None or not self.baseline:
+            return None
+        return self.value / self.baseline
+
+    @property
+    def passed(self):
+        return self.target.met_by(self) if self.target else None
+
+    def as_dict(self):
+        return {
+            'key': self.key, 'name': self.name, 'value': self.value, 'unit': self.unit,
+            'baseline': self.baseline, 'ratio': self.ratio,
+            'target': self.target.describe(self.unit) if self.target else None,
+            'passed': self.passed, 'note': self.note or None,
+        }
+
+
+def format_number(value, unit):
+    if value is None:
+        return '—'
+    if unit == '/s':
+        return f'{value:,.0f} /s'
+    if abs(value) >= 100 or unit == 'count':
+        text = f'{value:,.0f}'
+    elif abs(value) >= 10:
+        text = f'{value:.1f}'
+    else:
+        text = f'{value:.2f}'
+    return text if unit == 'count' else f'{text} {unit}'
+
+
+# Sizes -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything a run does."""
+    name: str
+    echo_round_trips: int
+    write_read_pairs: int
+    reads: int
+    pipelined_writes: int
+    idle_seconds: float
+    #: Upper bound on the time of any one timed loop.
+    loop_seconds: float
+
+
+QUICK = Plan('quick', echo_round_trips=3000, write_read_pairs=1500, reads=1500,
+             pipelined_writes=20000, idle_seconds=2.0, loop_seconds=8.0)
+FULL = Plan('full', echo_round_trips=20000, write_read_pairs=10000, reads=10000,
+            pipelined_writes=100000, idle_seconds=5.0, loop_seconds=30.0)
+
+
+# Helpers -----------------------------------------------------------------------
+
+def timed_loop(step, count, seconds):
+    """
+    Call ``step(i)`` for i in 0..count-1, or until *seconds* have passed, and
+    return ``(microseconds per call, results)``.
+    """
+    durations, results = [], []
+    deadline = time.monotonic() + seconds
+    clock = time.perf_counter_ns
+    for i in range(count):
+        started = clock()
+        result = step(i)
+        durations.append((clock() - started) / 1000)
+        results.append(result)
+        if time.monotonic() > deadline:
+            break
+    return durations, results
+
+
+def summary(samples):
+    """Median, p99 and friends of *samples*, for the details."""
+    if not samples:
+        return {'count': 0}
+    ordered = sorted(samples)
+    return {
+        'count': len(samples),
+        'median': statistics.median(ordered),
+        'p99': percentile(ordered, 99),
+        'mean': statistics.fmean(ordered),
+        'min': ordered[0],
+        'max': ordered[-1],
+    }
+
+
+def percentile(samples, pct):
+    if len(samples) < 2:
+        return samples[0]
+    return statistics.quantiles(samples, n=100, method='inclusive')[pct - 1]
+
+
+# 1. Baseline: TCP echo -------------------------------------------------------------
+
+def echo_round_trip(sock, payload):
+    sock.sendall(payload)
+    received = 0
+    while received < len(payload):  # at most len(payload) reads
+        chunk = sock.recv(len(payload) - received)
+        if not chunk:
+            raise ConnectionError('the echo server closed the connection')
+        received += len(chunk)
+
+
+def measure_echo(port, plan):
+    import socket
+    payload = b'x' * MESSAGE_SIZE
+    with socket.create_connection((harness.HOST, port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)
+        timed_loop(lambda i: echo_round_trip(sock, payload), WARMUP, plan.loop_seconds)
+        durations, _ = timed_loop(lambda i: echo_round_trip(sock, payload),
+                                  plan.echo_round_trips, plan.loop_seconds)
+    stats = summary(durations)
+    figures = [
+        Figure('echo_median_us', 'TCP echo round trip, median', stats['median'], 'µs'),
+        Figure('echo_p99_us', 'TCP echo round trip, p99', stats['p99'], 'µs'),
+    ]
+    return figures, {'message_bytes': MESSAGE_SIZE, 'round_trip_us': stats}
+
+
+# 2. Round trips through the factory -------------------------------------------------
+
+def write_then_read(pin, i):
+    state = i & 1
+    pin.state = state
+    return pin.state == state
+
+
+def measure_round_trips(pin, echo, plan):
+    """*pin*: an output pin; *echo*: the echo's details, for the baselines."""
+    echo_median = echo['round_trip_us']['median']
+    echo_p99 = echo['round_trip_us']['p99']
+
+    timed_loop(lambda i: write_then_read(pin, i), WARMUP, plan.loop_seconds)
+    pair_us, pair_ok = timed_loop(lambda i: write_then_read(pin, i),
+                                  plan.write_read_pairs, plan.loop_seconds)
+    expected = pin.state
+    read_us, read_values = timed_loop(lambda i: pin.state, plan.reads, plan.loop_seconds)
+
+    pairs, reads = summary(pair_us), summary(read_us)
+    stale_reads = pair_ok.count(False)
+    wrong_reads = sum(1 for value in read_values if value != expected)
+    figures = [
+        Figure('write_read_median_us', 'write→read round trip, median', pairs['median'], 'µs',
+               baseline=echo_median, target=Target(2.0, on_ratio=True)),
+        Figure('write_read_p99_us', 'write→read round trip, p99', pairs['p99'], 'µs',
+               baseline=echo_p99),
+        Figure('write_read_stale', 'write→read: reads not showing the write', stale_reads,
+               'count', target=Target(0)),
+        Figure('read_median_us', 'read round trip, median', reads['median'], 'µs',
+               baseline=echo_median),
+        Figure('read_p99_us', 'read round trip, p99', reads['p99'], 'µs', baseline=echo_p99),
+    ]
+    details = {'write_read_us': pairs, 'read_us': reads,
+               'stale_reads': stale_reads, 'wrong_reads': wrong_reads}
+    return figures, details
+
+
+# 3. Pipelined writes ---------------------------------------------------------------
+
+def writes_counters(factory, gpios):
+    """The server's ``writes`` counter of each of *gpios*, from ``status``."""
+    status = factory.status(history=1000)
+    counters = {pin['gpio']: pin.get('writes') for pin in status['pins']}
+    return {gpio: counters.get(gpio) for gpio in gpios}
+
+
+def post_writes(pins, total, seconds):
+    """
+    Post up to *total* writes round-robin over *pins*, each pin alternating
+    1/0; return (writes posted per pin, last state written per pin).
+    """
+    posted = [0] * len(pins)
+    last = [None] * len(pins)
+    deadline = time.monotonic() + seconds
+    count = len(pins)
+    for i in range(total):
+        k = i % count
+        state = (posted[k] + 1) & 1
+        pins[k].state = state
+        posted[k] += 1
+        last[k] = state
+        if i % 1024 == 1023 and time.monotonic() > deadline:
+            break
+    return posted, last
+
+
+def measure_pipelined(factory, pins, plan, key):
+    gpios = [pin._gpio for pin in pins]
+    before = writes_counters(factory, gpios)
+    started = time.perf_counter()
+    posted, last = post_writes(pins, plan.pipelined_writes, plan.loop_seconds)
+    posting = time.perf_counter() - started
+    final = [pin.state for pin in pins]  # a read waits for every write sent before it
+    elapsed = time.perf_counter() - started
+    after = writes_counters(factory, gpios)
+
+    executed = [after[g] - before[g] if None not in (after[g], before[g]) else None
+                for g in gpios]
+    total_posted = sum(posted)
+    lost = sum(p - e for p, e in zip(posted, executed) if e is not None)
+    # Per pin, the server must have carried out exactly what was posted.
+    miscounted = sum(abs(p - e) for p, e in zip(posted, executed) if e is not None)
+    unknown = executed.count(None)
+    wrong_final = sum(1 for got, want in zip(final, last) if want is not None and got != want)
+    count = len(pins)
+    label = f'{count} pin' + ('s' if count > 1 else '')
+    figures = [
+        Figure(f'{key}_writes_per_s', f'pipelined writes, {label}', total_posted / elapsed, '/s',
+               target=Target(20000, at_most=False)),
+        Figure(f'{key}_writes_miscounted', f'pipelined writes, {label}: lost or extra',
+               miscounted if not unknown else None, 'count', target=Target(0),
+               note=f'{unknown} pins without a writes counter' if unknown else ''),
+    ]
+    details = {
+        'pins': gpios, 'writes_posted': total_posted, 'posted_per_pin': posted,
+        'executed_per_pin': executed, 'writes_lost': lost, 'writes_miscounted': miscounted,
+        'seconds_posting': posting, 'seconds_until_barrier_read': elapsed,
+        'posted_per_s': total_posted / posting if posting else None,
+        'final_state_wrong': wrong_final,
+    }
+    return figures, details
+
+
+# 4. Claiming pins -------------------------------------------------------------------
+
+def claim_devices(factory, gpios, seconds):
+    """Construct an OutputDevice on each of *gpios*; return (devices, ms for each)."""
+    devices, durations = [], []
+    deadline = time.monotonic() + seconds
+    for gpio in gpios:
+        started = time.perf_counter()
+        devices.append(OutputDevice(gpio, pin_factory=factory))
+        durations.append((time.perf_counter() - started) * 1000)
+        if time.monotonic() > deadline:
+            break
+    return devices, durations
+
+
+def claim_figures(gpios, durations):
+    stats = summary(durations)
+    figures = [
+        Figure('claim_median_ms', f'pin claim (OutputDevice), median of {len(durations)}',
+               stats['median'], 'ms', target=Target(10.0)),
+        Figure('claim_max_ms', 'pin claim (OutputDevice), slowest', stats['max'], 'ms'),
+    ]
+    details = {'gpios': gpios[:len(durations)], 'ms': durations, 'ms_summary': stats}
+    return figures, details
+
+
+# 5. Idle CPU --------------------------------------------------------------------
+
+def measure_idle_cpu(server_pid, seconds, claimed):
+    tree = harness.process_tree(server_pid)
+    before = harness.cpu_ticks(tree)
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    after = harness.cpu_ticks(harness.process_tree(server_pid))
+    # A process that appeared meanwhile counts whole; one that ended is not seen.
+    used = {pid: ticks - before.get(pid, 0) for pid, ticks in after.items()}
+    busy = sum(used.values()) / harness.CLOCK_TICKS_PER_SECOND
+    percent = busy / elapsed * 100
+    figures = [Figure('idle_cpu_percent', f'idle CPU, {claimed} pins claimed, % of one core',
+                      percent, '%', target=Target(1.0))]
+    details = {
+        'seconds': elapsed, 'cpu_seconds': busy, 'processes': len(after),
+        'resolution_percent': 100 / harness.CLOCK_TICKS_PER_SECOND / elapsed,
+        'busiest': sorted(((ticks, pid, harness.command_line(pid)[:80])
+                           for pid, ticks in used.items() if ticks), reverse=True)[:5],
+    }
+    return figures, details
+
+
+# 6. Memory ---------------------------------------------------------------------
+
+def measure_memory(server_pid, claimed):
+    roles = harness.server_roles(server_pid)
+    memory = {pid: harness.memory_kb(pid) for pids in roles.values() for pid in pids}
+    memory = {pid: kb for pid, kb in memory.items() if kb is not None}
+
+    def total(kind, pids=None):
+        return sum(kb[kind] for pid, kb in memory.items() if pids is None or pid in pids) / 1024
+
+    workers = [pid for pid in roles['workers'] if pid in memory]
+    worker_uss = [memory[pid]['uss'] / 1024 for pid in workers]
+    worker_pss = [memory[pid]['pss'] / 1024 for pid in workers]
+    figures = [
+        Figure('memory_uss_total_mb', f'memory USS, server tree ({len(memory)} processes)',
+               total('uss'), 'MB', target=Target(100.0)),
+        Figure('memory_pss_total_mb', 'memory PSS, server tree', total('pss'), 'MB'),
+        Figure('memory_uss_worker_mb', f'memory USS per worker, median of {len(workers)}',
+               statistics.median(worker_uss) if worker_uss else None, 'MB'),
+        Figure('memory_pss_worker_mb', 'memory PSS per worker, median',
+               statistics.median(worker_pss) if worker_pss else None, 'MB'),
+    ]
+    details = {
+        'claimed_pins': claimed,
+        'by_role_mb': {role: {'processes': len(pids), 'uss': total('uss', pids),
+                              'pss': total('pss', pids)}
+                       for role, pids in roles.items()},
+        'per_process_kb': {str(pid): dict(kb, cmd=harness.command_line(pid)[:80])
+                           for pid, kb in memory.items()},
+    }
+    return figures, details

@@ -1,0 +1,285 @@
+"""
+The processes a benchmark run starts, and what /proc says about them.
+
+* :class:`ChildProcess` starts a program that prints one ``ready on
+  127.0.0.1:PORT`` line, waits (bounded) for that line, and stops it with
+  SIGTERM, then waits, then SIGKILL if it must. :func:`start_server` starts
+  ``remoteio-server --backend mock`` with it, :func:`start_echo_server` the
+  baseline :mod:`bench.echo`.
+* The server's process tree (main process → forkserver → one worker per
+  claimed pin, plus spares; and multiprocessing's resource tracker) is
+  found by walking ``/proc``; :func:`cpu_ticks` and :func:`memory_kb` read
+  ``/proc/PID/stat`` and ``/proc/PID/smaps_rollup`` for each process.
+* :func:`machine_info` describes the machine for the JSON report.
+"""
+
+import os
+import platform
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOST = '127.0.0.1'
+READY_TIMEOUT = 30.0
+#: The server's own shutdown waits up to 10 s for its pins to be released.
+STOP_TIMEOUT = 20.0
+CLOCK_TICKS_PER_SECOND = os.sysconf('SC_CLK_TCK')
+READY_PATTERN = re.compile(r'ready on 127\.0\.0\.1:(\d+)')
+
+
+class ChildProcess:
+    """A started program that announces ``ready on 127.0.0.1:PORT`` on stdout."""
+
+    def __init__(self, name, argv, log_path=None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.process = None
+        self.port = None
+        self.ready_line = None
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def start(self, timeout=READY_TIMEOUT):
+        stderr = open(self.log_path, 'w') if self.log_path else subprocess.DEVNULL
+        try:
+            self.process = subprocess.Popen(
+                self.argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=stderr)
+        finally:
+            if self.log_path:
+                stderr.close()
+        self.ready_line = self._read_ready_line(timeout)
+        self.port = int(READY_PATTERN.search(self.ready_line).group(1))
+        return self
+
+    def _read_ready_line(self, timeout):
+        """Read stdout until the ready line (bounded by *timeout* and a byte count)."""
+        deadline = time.monotonic() + timeout
+        fd = self.process.stdout.fileno()
+        received = b''
+        while len(received) < 65536:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if not readable:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break  # the program ended
+            received += chunk
+            for line in received.decode('utf-8', 'replace').splitlines():
+                if READY_PATTERN.search(line):
+                    return line
+        raise RuntimeError(
+            f'{self.name} did not become ready within {timeout} s '
+            f'(exit code {self.process.poll()}, stdout {received[-500:]!r}){self._log_tail()}')
+
+    def _log_tail(self):
+        if not self.log_path or not Path(self.log_path).exists():
+            return ''
+        tail = Path(self.log_path).read_text(errors='replace').splitlines()[-10:]
+        return '; log tail:\n  ' + '\n  '.join(tail)
+
+    def stop(self, timeout=STOP_TIMEOUT):
+        """SIGTERM, wait up to *timeout*, then SIGKILL. Returns how it went, as a dict."""
+        if self.process is None:
+            return {'stopped': False, 'reason': 'never started'}
+        if self.process.poll() is not None:
+            return {'stopped': True, 'exit_code': self.process.returncode,
+                    'seconds': 0.0, 'killed': False, 'note': 'had already ended'}
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        killed = False
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            killed = True
+            self.process.kill()
+            self.process.wait(5)
+        self.process.stdout.close()
+        return {'stopped': True, 'exit_code': self.process.returncode,
+                'seconds': round(time.monotonic() - started, 3), 'killed': killed}
+
+
+def start_server(log_path, extra_args=()):
+    """Start ``remoteio-server`` on 127.0.0.1, a free port, the mock backend."""
+    script = Path(sys.executable).with_name('remoteio-server')
+    command = [str(script)] if script.exists() else [sys.executable, '-m', 'remoteio_server']
+    argv = command + ['--host', HOST, '--port', '0', '--backend', 'mock', *extra_args]
+    return ChildProcess('remoteio-server', argv, log_path).start()
+
+
+def start_echo_server(lifetime):
+    argv = [sys.executable, '-m', 'bench.echo', '--lifetime', str(int(lifetime))]
+    return ChildProcess('echo server', argv).start()
+
+
+def stop_server_tree(server):
+    """
+    Stop the server and check that it took its whole process tree with it.
+    Processes of the tree still alive afterwards are reported and SIGKILLed
+    (by pid: they were started by this run's server).
+    """
+    tree = process_tree(server.pid) if server.process and server.process.poll() is None else []
+    outcome = server.stop()
+    time.sleep(0.2)
+    leftovers = [pid for pid in tree if pid != server.pid and _alive(pid)]
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    outcome['processes_before_stop'] = len(tree)
+    outcome['left_running'] = leftovers
+    return outcome
+
+
+def _alive(pid):
+    stat = read_stat(pid)
+    return stat is not None and stat['state'] != 'Z'
+
+
+# /proc accounting -------------------------------------------------------------
+
+def read_stat(pid):
+    """``/proc/PID/stat`` as {state, ppid, cpu_ticks}, or None if the process is gone."""
+    try:
+        text = Path(f'/proc/{pid}/stat').read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) is in parentheses and may hold anything.
+    fields = text[text.rindex(')') + 2:].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return {'state': fields[0], 'ppid': int(fields[1]),
+            'cpu_ticks': int(fields[11]) + int(fields[12])}
+
+
+def parent_of_every_process():
+    parents = {}
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            stat = read_stat(int(entry))
+            if stat is not None:
+                parents[int(entry)] = stat['ppid']
+    return parents
+
+
+def process_tree(root):
+    """*root* and all its descendants, parents before children."""
+    children = {}
+    for pid, ppid in parent_of_every_process().items():
+        children.setdefault(ppid, []).append(pid)
+    tree, queue = [], [root]
+    while queue and len(tree) < 10000:
+        pid = queue.pop(0)
+        tree.append(pid)
+        queue.extend(sorted(children.get(pid, ())))
+    return tree
+
+
+def command_line(pid):
+    try:
+        raw = Path(f'/proc/{pid}/cmdline').read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return ''
+    return raw.replace(b'\0', b' ').decode('utf-8', 'replace').strip()
+
+
+def server_roles(root):
+    """
+    The server's process tree by role: ``{'server': [pid], 'forkserver': [...],
+    'workers': [...], 'other': [...]}``. Workers are the forkserver's children.
+    """
+    tree = process_tree(root)
+    forkservers = [pid for pid in tree
+                   if 'multiprocessing.forkserver' in command_line(pid)
+                   and read_stat(pid) and read_stat(pid)['ppid'] == root]
+    workers = [pid for pid in tree if (read_stat(pid) or {}).get('ppid') in forkservers]
+    other = [pid for pid in tree if pid != root and pid not in forkservers and pid not in workers]
+    return {'server': [root], 'forkserver': forkservers, 'workers': workers, 'other': other}
+
+
+def worker_count(root):
+    return len(server_roles(root)['workers'])
+
+
+def wait_for_workers(root, expected, timeout):
+    """Wait (polling, bounded) until the server has *expected* workers; return the count."""
+    deadline = time.monotonic() + timeout
+    count = worker_count(root)
+    while count != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        count = worker_count(root)
+    return count
+
+
+def cpu_ticks(pids):
+    """{pid: utime + stime in clock ticks} for those of *pids* still running."""
+    ticks = {}
+    for pid in pids:
+        stat = read_stat(pid)
+        if stat is not None:
+            ticks[pid] = stat['cpu_ticks']
+    return ticks
+
+
+def memory_kb(pid):
+    """``{'uss': kB, 'pss': kB}`` from ``/proc/PID/smaps_rollup``, or None if gone."""
+    try:
+        lines = Path(f'/proc/{pid}/smaps_rollup').read_text().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].endswith(':') and parts[1].isdigit():
+            fields[parts[0][:-1]] = int(parts[1])
+    return {'uss': fields.get('Private_Clean', 0) + fields.get('Private_Dirty', 0),
+            'pss': fields.get('Pss', 0)}
+
+
+# The machine ------------------------------------------------------------------
+
+def cpu_model():
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown'
+
+
+def machine_info():
+    from importlib.metadata import PackageNotFoundError, version
+    from remoteio_factory import __version__
+    try:
+        gpiozero_version = version('gpiozero')
+    except PackageNotFoundError:
+        gpiozero_version = None
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        'nproc': len(os.sched_getaffinity(0)),
+        'cpu_count': os.cpu_count(),
+        'cpu_model': cpu_model(),
+        'python': platform.python_version(),
+        'python_implementation': platform.python_implementation(),
+        'platform': platform.platform(),
+        'gpiozero': gpiozero_version,
+        'remoteio_factory': __version__,
+        'git_commit': commit,
+        'clock_ticks_per_second': CLOCK_TICKS_PER_SECOND,
+    }
