@@ -38,7 +38,7 @@ class Target:
 
     def describe(self, unit):
         sign = '≤' if self.at_most else '≥'
-        return f'{sign} {self.limit:g}×' if self.on_ratio else f'{sign} {format_number(self.limit, unit)}'
+        return f'{sign} {self.limit:.1f}×' if self.on_ratio else f'{sign} {format_number(self.limit, unit)}'
 
 
 @dataclass
