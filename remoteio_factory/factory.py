@@ -24,6 +24,7 @@ from time import monotonic
 from remoteio_factory import protocol
 from remoteio_factory.connection import (
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Connection)
+from remoteio_factory.exc import exception_for
 from remoteio_factory.pin import RemoteIOPin
 
 
@@ -81,7 +82,7 @@ class RemoteIOFactory(PiFactory):
             connect_timeout=connect_timeout or _env_float('REMOTEIO_CONNECT_TIMEOUT',
                                                           DEFAULT_CONNECT_TIMEOUT),
             timeout=timeout or _env_float('REMOTEIO_TIMEOUT', DEFAULT_TIMEOUT),
-            on_error=self._pin_failed)
+            on_error=self._pin_failed, on_push=self._pushed)
         hello = self._connection.hello
         self._revision = int(hello['revision'], 16)
         self._capabilities = dict(hello.get('capabilities') or {})
@@ -169,12 +170,23 @@ class RemoteIOFactory(PiFactory):
             if pin is not None:
                 pin._release()
 
-    def _pin_failed(self, gpio, exc):
-        if gpio is None:
-            return
+    def _pin(self, gpio):
         for pin in list(self.pins.values()):
             if pin._gpio == gpio:
-                pin._failed(exc)
+                return pin
+        return None
+
+    def _pin_failed(self, gpio, exc):
+        pin = self._pin(gpio)
+        if pin is not None:
+            pin._failed(exc)
+
+    def _pushed(self, message):
+        # Runs on the connection's reader thread: only bookkeeping here.
+        if message.get('push') == 'pin_lost':
+            pin = self._pin(message.get('pin'))
+            if pin is not None:
+                pin._lost(exception_for(message.get('error') or {}))
 
 
 class RemoteIOSoftwareSPI(SPISoftware):

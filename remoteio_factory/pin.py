@@ -102,6 +102,11 @@ class RemoteIOPin(PiPin):
         """An earlier posted request failed: raise it from the next waiting call."""
         self._error = exc
 
+    def _lost(self, exc):
+        """The server freed the pin (its worker died): report it, claim anew on next use."""
+        self._claimed = False
+        self._error = exc
+
     @property
     def _closed(self):
         return self.factory._connection.closed

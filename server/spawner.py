@@ -41,7 +41,7 @@ class Worker:
         if self.ready:
             return
         if not self.conn.poll(timeout):
-            self.kill()
+            self.kill(grace=0)
             raise WorkerStartError(f'worker {self.pid} did not start within {timeout} s')
         try:
             message = json.loads(self.conn.recv_bytes())
@@ -53,14 +53,19 @@ class Worker:
             raise WorkerStartError(f'worker could not build its backend: {message[2]["message"]}')
         self.ready = True
 
-    def kill(self):
+    def kill(self, grace=2.0):
+        """
+        Close the pipe (a worker that still serves a pin then releases it and
+        exits), give the process *grace* seconds to end, then kill it; reap it.
+        """
         try:
             self.conn.close()
         except OSError:
             pass
+        self.process.join(grace)
         if self.process.is_alive():
             self.process.kill()
-        self.process.join(5)
+            self.process.join(5)
 
 
 def _probe_main(conn, name, revision):

@@ -187,3 +187,25 @@ def test_garbage_stream_does_not_disturb_a_bystander(server, factory):
     bystander.close()
     (entry,) = server.wait_free(19)
     assert states(entry) == [0] + [1, 0] * 10
+
+
+def test_killed_worker_frees_its_pin_and_the_owner_is_told(server, factory):
+    from remoteio_factory import RemoteIOPinError
+    led = LED(12, pin_factory=factory)
+    bystander = LED(13, pin_factory=factory)
+    led.on()
+    pid = server.pin(12)['worker_pid']
+    os.kill(pid, signal.SIGKILL)
+    (entry,) = server.wait_free(12)
+    assert entry['died'] is True
+    with pytest.raises(RemoteIOPinError, match='died'):
+        wait_for(lambda: led.value is None, timeout=5)
+    bystander.on()
+    assert bystander.value == 1 and server.alive()
+    # the pin can be claimed again, by anyone
+    led.close()
+    again = LED(12, pin_factory=factory)
+    again.on()
+    assert server.pin(12)['state'] is True
+    again.close()
+    bystander.close()
