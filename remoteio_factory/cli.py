@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from remoteio_factory import protocol
 from remoteio_factory.exc import RemoteIOConnectionError, RemoteIOError

@@ -147,7 +147,7 @@ class RemoteIOFactory(PiFactory):
         super().reserve_pins(requester, *names)
         try:
             for name in names:
-                for header, info in self.board_info.find_pin(name):
+                for _header, info in self.board_info.find_pin(name):
                     if 'gpio' in info.interfaces:
                         self.pin(info.name)._claim()
         except GPIOPinInUse as exc:

@@ -96,7 +96,7 @@ def decode(line):
     try:
         message = _decoder.decode(line.decode('utf-8'))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError('malformed', f'message is not valid JSON: {exc}')
+        raise ProtocolError('malformed', f'message is not valid JSON: {exc}') from None
     if not isinstance(message, dict):
         raise ProtocolError('malformed', 'message is not a JSON object')
     return message

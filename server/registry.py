@@ -187,7 +187,8 @@ class Registry:
             with self._lock:
                 del self._claimed[gpio]
                 self._changed.notify_all()
-            raise ProtocolError('backend_error', f'cannot start a worker for GPIO{gpio}: {exc}')
+            raise ProtocolError(
+                'backend_error', f'cannot start a worker for GPIO{gpio}: {exc}') from None
         pin.attach(worker)
         try:
             state = pin.call('claim', {'gpio': gpio})

@@ -47,7 +47,7 @@ class Worker:
             message = json.loads(self.conn.recv_bytes())
         except (EOFError, OSError):
             self.kill()
-            raise WorkerStartError(f'worker {self.pid} died while starting')
+            raise WorkerStartError(f'worker {self.pid} died while starting') from None
         if message[0] != 'ready':
             self.kill()
             raise WorkerStartError(f'worker could not build its backend: {message[2]["message"]}')
@@ -112,7 +112,7 @@ class Spawner:
                 raise WorkerStartError(f'probing backend {name} took over {START_TIMEOUT} s')
             reply = parent.recv()
         except EOFError:
-            raise WorkerStartError(f'probing backend {name}: the probe process died')
+            raise WorkerStartError(f'probing backend {name}: the probe process died') from None
         finally:
             parent.close()
             process.join(5)

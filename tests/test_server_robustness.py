@@ -18,7 +18,7 @@ from conftest import start_script, states, wait_for
 def process_gone(pid):
     """True once *pid* has exited and been reaped (no zombie left)."""
     try:
-        with open(f'/proc/{pid}/stat') as f:
+        with open(f'/proc/{pid}/stat'):
             return False  # still there: running, or a zombie nobody reaped
     except FileNotFoundError:
         return True
