@@ -181,6 +181,8 @@ class Connection:
                     break
                 for line in reader.feed(data):
                     self._dispatch(protocol.decode(line))
+                if reader.error is not None:
+                    raise reader.error
         except protocol.ProtocolError as exc:
             reason = f'the server sent a bad message: {exc}'
         finally:

@@ -65,7 +65,8 @@ class RemoteIOFactory(PiFactory):
         :exc:`~remoteio_factory.RemoteIOConnectionError` is raised.
 
     The factory is closed automatically when the interpreter exits, and
-    releases its pins on the server; the server then switches them off.
+    releases its pins on the server; the server then stops their PWM and
+    returns them to inputs, as gpiozero does when it closes a pin.
     """
 
     def __init__(self, host=None, port=None, *, timeout=None, connect_timeout=None):

@@ -14,7 +14,8 @@ the error is raised by the pin's next call that waits.
 
 A pin is claimed on the server when a device reserves it (or on first use,
 for code that opens pins with ``factory.pin()`` directly) and released when
-it is closed: the server then switches it off.
+it is closed: the server then stops its PWM and returns it to an input, as
+gpiozero does when it closes a pin.
 """
 
 import math

@@ -105,30 +105,36 @@ def decode(line):
 class LineReader:
     """
     Splits a byte stream into protocol lines. :meth:`feed` returns the
-    complete lines; a line longer than *limit* raises :exc:`ProtocolError`
-    (``message_too_large``) as soon as it is known to be too long, without
-    buffering more of it.
+    complete lines. Once a line is known to be longer than *limit* (without
+    buffering more of it), :attr:`error` is set to a :exc:`ProtocolError`
+    (``message_too_large``): the lines before it are still returned, nothing
+    after it is.
     """
 
     def __init__(self, limit=MAX_MESSAGE):
         self.limit = limit
+        self.error = None
         self._buffer = b''
 
     def feed(self, data):
+        if self.error is not None:
+            return []
         buffer = self._buffer + data if self._buffer else data
         lines = buffer.split(b'\n')
         self._buffer = lines.pop()
-        if len(self._buffer) >= self.limit:
-            self._buffer = b''
-            raise ProtocolError(
-                'message_too_large',
-                f'message exceeds the limit of {self.limit} bytes')
-        for line in lines:
+        for index, line in enumerate(lines):
             if len(line) >= self.limit:
-                raise ProtocolError(
-                    'message_too_large',
-                    f'message exceeds the limit of {self.limit} bytes')
+                del lines[index:]
+                self._overflow()
+                return lines
+        if len(self._buffer) >= self.limit:
+            self._overflow()
         return lines
+
+    def _overflow(self):
+        self._buffer = b''
+        self.error = ProtocolError(
+            'message_too_large', f'message exceeds the limit of {self.limit} bytes')
 
     @property
     def pending(self):

@@ -198,6 +198,10 @@ class Server:
 
     # Stopping ------------------------------------------------------------------
 
+    @property
+    def stopping(self):
+        return self._stopping.is_set()
+
     def stop(self):
         """Stop accepting, soft-close every connection's pins, stop the workers."""
         if self._stopping.is_set():
@@ -216,6 +220,7 @@ class Server:
         if not self.registry.wait_all_freed(self.shutdown_timeout):
             log.error('some pins were not released within %s s', self.shutdown_timeout)
         for session in sessions:
+            session.end_reason = 'the server shut down'
             session._abort()
         self.spawner.close()
 

@@ -12,6 +12,7 @@ owner at a time), takes them back when their worker has switched them off
 and ended, and keeps the last history of every pin for ``status``.
 """
 
+import itertools
 import json
 import logging
 import threading
@@ -60,6 +61,7 @@ class ClaimedPin:
         self.worker = worker
         self.status = 'claiming'
         self.final = None          # the worker's last snapshot, once released
+        self.freed_event = threading.Event()
         self._seq = 0
         self._pending = deque()    # (seq, route) in the order sent
         self._lock = threading.Lock()
@@ -106,15 +108,18 @@ class ClaimedPin:
         self.forward('release', {}, route or InternalReply())
 
     def _complete(self, seq, result, error):
-        finished = []
+        # Reply first, then stop counting the operations as pending: a read
+        # waiting for this pin must not overtake these replies.
         with self._lock:
-            while self._pending and self._pending[0][0] <= seq:
-                finished.append(self._pending.popleft())
+            finished = list(itertools.takewhile(lambda item: item[0] <= seq, self._pending))
         for done_seq, route in finished:
             if done_seq == seq:
                 route.finish(result, error)
             else:
                 route.finish(None, None)
+        with self._lock:
+            for _ in finished:
+                self._pending.popleft()
         owner = self.owner
         if owner is not None:
             owner.pin_progressed()
@@ -130,14 +135,17 @@ class ClaimedPin:
             if kind == 'done':
                 self._complete(message[1], None, None)
             elif kind == 'ok':
-                if self.status == 'releasing' and 'history' in message[2]:
-                    self.final = message[2]
-                self._complete(message[1], message[2], None)
+                result = message[2]
+                if self.status == 'releasing' and 'history' in result:
+                    self.final = result
+                    result = {k: result[k] for k in ('function', 'state', 'frequency', 'pull')}
+                self._complete(message[1], result, None)
             elif kind == 'err':
                 self._complete(message[1], None, message[2])
-        # The worker has ended (released, or died).
+        # The worker has ended (released, died, or its claim failed).
         with self._lock:
-            died = self.status != 'releasing'
+            abandoned = self.status == 'abandoned'
+            died = self.status not in ('releasing', 'abandoned')
             self.status = 'gone'
             leftover, self._pending = list(self._pending), deque()
         error = {'code': 'worker_died', 'message': f'the worker of GPIO{self.gpio} ended unexpectedly'}
@@ -146,7 +154,8 @@ class ClaimedPin:
         if died:
             log.error('worker %d of GPIO%d ended unexpectedly', self.worker.pid, self.gpio)
         self.worker.kill()  # closes our end and reaps the process
-        self.registry.freed(self, died)
+        if not abandoned:
+            self.registry.freed(self, died)
 
 
 class Registry:
@@ -193,8 +202,8 @@ class Registry:
         try:
             state = pin.call('claim', {'gpio': gpio})
         except (ProtocolError, TimeoutError):
-            pin.status = 'gone'
-            worker.kill()
+            pin.status = 'abandoned'
+            worker.kill(grace=0)
             with self._lock:
                 del self._claimed[gpio]
                 self._changed.notify_all()
@@ -212,6 +221,7 @@ class Registry:
                 del self._claimed[pin.gpio]
             self._released[pin.gpio] = dict(final, died=died)
             self._changed.notify_all()
+        pin.freed_event.set()
         if pin.owner is not None:
             pin.owner.pin_freed(pin, died)
 
@@ -240,6 +250,11 @@ class Registry:
             try:
                 info = reply.wait(2.0)
             except (ProtocolError, TimeoutError) as exc:
+                if pin.status == 'gone':      # released meanwhile: report it as freed
+                    pin.freed_event.wait(2.0)
+                    with self._lock:
+                        released = dict(self._released)
+                    continue
                 info = {'error': str(exc)}
             pins[pin.gpio] = dict(info, gpio=pin.gpio, owner=pin.owner.id, status=pin.status)
         for gpio, info in released.items():

@@ -10,7 +10,8 @@ for one pin reach that pin's worker in the order they were sent. A read
 waits until everything the connection sent to *other* pins has been carried
 out, so a client always reads its own writes. When the connection ends, for
 any reason, every pin it owns is soft-closed: what was sent is carried out,
-then the pin is switched off and released.
+then the pin is switched off (PWM stopped, returned to an input, as gpiozero
+closes a pin) and released.
 """
 
 import logging
@@ -61,6 +62,7 @@ class Session:
         self.pins = {}                     # gpio -> ClaimedPin
         self.greeted = False
         self.closed = False
+        self.end_reason = None             # set by the server when it ends the session
         self._send_lock = threading.Lock()
         self._progress = threading.Condition()
         self.handlers = {
@@ -113,19 +115,18 @@ class Session:
                     break
                 if not data:
                     break
-                try:
-                    lines = reader.feed(data)
-                except ProtocolError as exc:
-                    # The stream can no longer be trusted to be in step.
-                    self.send(error_reply(None, exc.code, str(exc)))
-                    self.send({'push': 'closing', 'reason': str(exc)})
-                    reason = str(exc)
-                    break
-                for line in lines:
+                for line in reader.feed(data):
                     self.handle_line(line)
                     if self.closed:
                         reason = 'client said bye'
                         break
+                if reader.error is not None:
+                    # The stream can no longer be trusted to be in step.
+                    exc = reader.error
+                    self.send(error_reply(None, exc.code, str(exc)))
+                    self.send({'push': 'closing', 'reason': str(exc)})
+                    reason = str(exc)
+                    break
         finally:
             self.close(reason)
 
@@ -142,11 +143,14 @@ class Session:
                 raise ProtocolError('unknown_op', f'unknown operation {op[:40]!r}')
             if not self.greeted and op != 'hello':
                 raise ProtocolError('hello_required', 'the first request must be hello')
+            if self.server.stopping:
+                raise ProtocolError('shutting_down', 'the server is shutting down')
             handler(id, message)
-        except ProtocolError as exc:
+        except (ProtocolError, TimeoutError) as exc:
+            code = getattr(exc, 'code', 'backend_error')
             pin = message.get('pin') if isinstance(message, dict) else None
-            self.send(error_reply(id, exc.code, str(exc),
-                                  pin=pin if isinstance(pin, int) else None))
+            valid_pin = isinstance(pin, int) and not isinstance(pin, bool)
+            self.send(error_reply(id, code, str(exc), pin=pin if valid_pin else None))
 
     # Helpers ---------------------------------------------------------------
 
@@ -192,6 +196,7 @@ class Session:
     def on_hello(self, id, message):
         wanted = message.get('protocol')
         versions = wanted if isinstance(wanted, list) else [wanted]
+        versions = [v for v in versions if type(v) is int]
         if protocol.PROTOCOL_VERSION not in versions:
             raise ProtocolError(
                 'unsupported_protocol',
@@ -265,6 +270,7 @@ class Session:
 
     def close(self, reason):
         """Soft-close every pin this connection owns, then drop the connection."""
+        reason = self.end_reason or reason
         self.closed = True
         for pin in list(self.pins.values()):
             pin.release()

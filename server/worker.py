@@ -27,6 +27,8 @@ import signal
 import time
 from collections import deque
 
+from gpiozero.exc import PinPWMFixedValue
+
 from remoteio_factory.protocol import CODE_FOR_EXCEPTION
 from remoteio_server.backends import build_factory
 
@@ -132,6 +134,8 @@ class PinWorker:
         self._record()
 
     def op_frequency(self, args):
+        if args['frequency'] is not None and self.pin.function != 'output':
+            raise PinPWMFixedValue(f'cannot start PWM on pin {self.pin!r}: it is not an output')
         self.pin.frequency = args['frequency']
         return self._record()
 

@@ -209,3 +209,23 @@ def test_killed_worker_frees_its_pin_and_the_owner_is_told(server, factory):
     assert server.pin(12)['state'] is True
     again.close()
     bystander.close()
+
+
+def test_requests_before_an_oversized_line_are_still_answered(server):
+    sock, reader = raw_connection(server)
+    with sock:
+        hello(sock, reader)
+        sock.sendall(b'{"id": 7, "op": "ping"}\n' + b'x' * 70000 + b'\n')
+        assert json.loads(reader.readline())['id'] == 7
+        assert json.loads(reader.readline())['error']['code'] == 'message_too_large'
+
+
+def test_sigterm_releases_every_pin_and_exits(fresh_server):
+    own = fresh_server()
+    client = start_script(own, HOLD_PINS)
+    pids = [p['worker_pid'] for p in own.status()['pins'] if p['status'] == 'claimed']
+    assert len(pids) == 2
+    assert own.stop(signal.SIGTERM, timeout=15) == 0
+    wait_for(lambda: all(process_gone(pid) for pid in pids), 10, message='workers to exit')
+    client.kill()
+    client.wait()
