@@ -84,34 +84,27 @@ class Run:
         return details
 
     def fail(self, phase, exc):
-        self.errors.append({'phase': phase, 'error': f'{type(exc).__name__}: {exc}',
-                            'traceback': traceback.format_exc()})
-        self.figures.append(Figure(f'{phase}_error', f'{phase}: {type(exc).__name__}: {exc}'[:70],
-                                   None, ''))
+        error = f'{type(exc).__name__}: {exc}'
+        self.errors.append({'phase': phase, 'error': error, 'traceback': traceback.format_exc()})
+        self.figures.append(Figure(f'{phase}_error', f'{phase}: {error}'[:70], None, '',
+                                   error=error))
 
 
 # Phases ---------------------------------------------------------------------------
-
-def output_pin(factory, gpio):
-    pin = factory.pin(gpio)
-    pin.function = 'output'
-    return pin
-
 
 def measure_client(run, server, echo_details):
     """Phases 2 and 3, on one factory that is closed afterwards."""
     factory = RemoteIOFactory(harness.HOST, server.port)
     try:
-        pin = output_pin(factory, ROUND_TRIP_GPIO)
+        pin = figures.output_pin(factory, ROUND_TRIP_GPIO)
         if echo_details is None:
             echo_details = {'round_trip_us': {'median': None, 'p99': None}}
         run.measure('round_trips',
                     lambda: figures.measure_round_trips(pin, echo_details, run.plan))
-        run.measure('pipelined_1_pin',
-                    lambda: figures.measure_pipelined(factory, [pin], run.plan, 'pipelined_1'))
-        pins = [output_pin(factory, gpio) for gpio in PIPELINE_GPIOS]
-        run.measure('pipelined_8_pins',
-                    lambda: figures.measure_pipelined(factory, pins, run.plan, 'pipelined_8'))
+        run.measure('pipelined_1_pin', lambda: figures.measure_pipelined(
+            factory, [ROUND_TRIP_GPIO], run.plan, 'pipelined_1', server.pid))
+        run.measure('pipelined_8_pins', lambda: figures.measure_pipelined(
+            factory, PIPELINE_GPIOS, run.plan, 'pipelined_8', server.pid))
     finally:
         factory.close()
 
@@ -148,10 +141,12 @@ def measure_all(run, results_dir):
     try:
         echo = harness.start_echo_server(lifetime=600)
         server = harness.start_server(results_dir / 'server.log', ['--spares', str(SPARES)])
-        run.details['server'] = {'ready_line': server.ready_line,
-                                 'workers_at_start': harness.wait_for_workers(
-                                     server.pid, SPARES, SETTLE_TIMEOUT)}
-        echo_details = run.measure('echo', lambda: figures.measure_echo(echo.port, run.plan))
+        run.details['server'] = {
+            'ready_line': server.ready_line,
+            'workers_at_start': harness.wait_for_workers(server.pid, SPARES, SETTLE_TIMEOUT),
+        }
+        echo_details = run.measure(
+            'echo', lambda: figures.measure_echo(echo.pid, echo.port, run.plan))
         try:
             measure_client(run, server, echo_details)
         except Exception as exc:
@@ -182,7 +177,7 @@ COLUMNS = ('figure', 'value', 'baseline', 'ratio', 'target', 'result')
 
 
 def table_row(figure):
-    if figure.value is None and figure.unit == '':
+    if figure.error:
         result = 'ERROR'
     elif figure.passed is None:
         result = 'FAIL' if figure.target and figure.value is None else ''

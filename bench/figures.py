@@ -8,9 +8,11 @@ computed from what was done and the details say how many samples that was.
 
 from __future__ import annotations
 
+import os
+import socket
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from gpiozero import OutputDevice
@@ -38,7 +40,9 @@ class Target:
 
     def describe(self, unit):
         sign = '≤' if self.at_most else '≥'
-        return f'{sign} {self.limit:.1f}×' if self.on_ratio else f'{sign} {format_number(self.limit, unit)}'
+        if self.on_ratio:
+            return f'{sign} {self.limit:.1f}×'
+        return f'{sign} {format_number(self.limit, unit)}'
 
 
 @dataclass
@@ -51,6 +55,8 @@ class Figure:
     baseline: Optional[float] = None
     target: Optional[Target] = None
     note: str = ''
+    #: Why the figure could not be measured.
+    error: str = ''
 
     @property
     def ratio(self):
@@ -67,7 +73,7 @@ class Figure:
             'key': self.key, 'name': self.name, 'value': self.value, 'unit': self.unit,
             'baseline': self.baseline, 'ratio': self.ratio,
             'target': self.target.describe(self.unit) if self.target else None,
-            'passed': self.passed, 'note': self.note or None,
+            'passed': self.passed, 'note': self.note or None, 'error': self.error or None,
         }
 
 
@@ -126,6 +132,13 @@ def timed_loop(step, count, seconds):
     return durations, results
 
 
+def output_pin(factory, gpio):
+    """The factory's pin *gpio*, claimed and made an output."""
+    pin = factory.pin(gpio)
+    pin.function = 'output'
+    return pin
+
+
 def summary(samples):
     """Median, p99 and friends of *samples*, for the details."""
     if not samples:
@@ -159,21 +172,57 @@ def echo_round_trip(sock, payload):
         received += len(chunk)
 
 
-def measure_echo(port, plan):
-    import socket
+def echo_samples(port, count, seconds):
+    """Round trips (µs) of *count* 32-byte messages on a new connection, after a warm-up."""
     payload = b'x' * MESSAGE_SIZE
     with socket.create_connection((harness.HOST, port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(None)
-        timed_loop(lambda i: echo_round_trip(sock, payload), WARMUP, plan.loop_seconds)
-        durations, _ = timed_loop(lambda i: echo_round_trip(sock, payload),
-                                  plan.echo_round_trips, plan.loop_seconds)
-    stats = summary(durations)
+        timed_loop(lambda i: echo_round_trip(sock, payload), WARMUP, seconds)
+        durations, _ = timed_loop(lambda i: echo_round_trip(sock, payload), count, seconds)
+    return durations
+
+
+def echo_by_placement(echo_pid, port, plan):
+    """
+    Median echo round trip with client and echo server pinned to the same
+    CPU and to different CPUs: on a small VM the two differ severalfold, and
+    an unpinned run lands on either. For the details only; affinities are
+    restored afterwards.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {}
+    ours, theirs = os.sched_getaffinity(0), os.sched_getaffinity(echo_pid)
+    medians = {}
+    try:
+        for label, (client_cpu, echo_cpu) in (('same_cpu', (cpus[0], cpus[0])),
+                                              ('other_cpu', (cpus[0], cpus[1]))):
+            os.sched_setaffinity(0, {client_cpu})
+            os.sched_setaffinity(echo_pid, {echo_cpu})
+            count = plan.echo_round_trips // 4
+            medians[label] = statistics.median(echo_samples(port, count, plan.loop_seconds))
+    finally:
+        os.sched_setaffinity(echo_pid, theirs)
+        os.sched_setaffinity(0, ours)
+    return medians
+
+
+def measure_echo(echo_pid, port, plan, rounds=4):
+    """The baseline: unpinned, over *rounds* connections, then pinned for the details."""
+    per_round = [echo_samples(port, plan.echo_round_trips // rounds, plan.loop_seconds)
+                 for _ in range(rounds)]
+    stats = summary([sample for samples in per_round for sample in samples])
     figures = [
         Figure('echo_median_us', 'TCP echo round trip, median', stats['median'], 'µs'),
         Figure('echo_p99_us', 'TCP echo round trip, p99', stats['p99'], 'µs'),
     ]
-    return figures, {'message_bytes': MESSAGE_SIZE, 'round_trip_us': stats}
+    details = {
+        'message_bytes': MESSAGE_SIZE, 'round_trip_us': stats,
+        'median_us_per_connection': [statistics.median(samples) for samples in per_round],
+        'median_us_pinned': echo_by_placement(echo_pid, port, plan),
+    }
+    return figures, details
 
 
 # 2. Round trips through the factory -------------------------------------------------
@@ -203,7 +252,7 @@ def measure_round_trips(pin, echo, plan):
                baseline=echo_median, target=Target(2.0, on_ratio=True)),
         Figure('write_read_p99_us', 'write→read round trip, p99', pairs['p99'], 'µs',
                baseline=echo_p99),
-        Figure('write_read_stale', 'write→read: reads not showing the write', stale_reads,
+        Figure('stale_reads', 'reads not showing the last write', stale_reads + wrong_reads,
                'count', target=Target(0)),
         Figure('read_median_us', 'read round trip, median', reads['median'], 'µs',
                baseline=echo_median),
@@ -243,14 +292,16 @@ def post_writes(pins, total, seconds):
     return posted, last
 
 
-def measure_pipelined(factory, pins, plan, key):
-    gpios = [pin._gpio for pin in pins]
+def measure_pipelined(factory, gpios, plan, key, server_pid):
+    pins = [output_pin(factory, gpio) for gpio in gpios]
     before = writes_counters(factory, gpios)
+    cpu_before = harness.cpu_seconds_by_role(server_pid)
     started = time.perf_counter()
     posted, last = post_writes(pins, plan.pipelined_writes, plan.loop_seconds)
     posting = time.perf_counter() - started
     final = [pin.state for pin in pins]  # a read waits for every write sent before it
     elapsed = time.perf_counter() - started
+    cpu_after = harness.cpu_seconds_by_role(server_pid)
     after = writes_counters(factory, gpios)
 
     executed = [after[g] - before[g] if None not in (after[g], before[g]) else None
@@ -276,6 +327,9 @@ def measure_pipelined(factory, pins, plan, key):
         'seconds_posting': posting, 'seconds_until_barrier_read': elapsed,
         'posted_per_s': total_posted / posting if posting else None,
         'final_state_wrong': wrong_final,
+        # Where the server spent its CPU meanwhile (workers that ended are not seen).
+        'server_cpu_seconds': {role: cpu_after[role] - cpu_before.get(role, 0.0)
+                               for role in cpu_after},
     }
     return figures, details
 
@@ -344,17 +398,17 @@ def measure_memory(server_pid, claimed):
     worker_uss = [memory[pid]['uss'] / 1024 for pid in workers]
     worker_pss = [memory[pid]['pss'] / 1024 for pid in workers]
     figures = [
-        Figure('memory_uss_total_mb', f'memory USS, server tree ({len(memory)} processes)',
-               total('uss'), 'MB', target=Target(100.0)),
-        Figure('memory_pss_total_mb', 'memory PSS, server tree', total('pss'), 'MB'),
-        Figure('memory_uss_worker_mb', f'memory USS per worker, median of {len(workers)}',
-               statistics.median(worker_uss) if worker_uss else None, 'MB'),
-        Figure('memory_pss_worker_mb', 'memory PSS per worker, median',
-               statistics.median(worker_pss) if worker_pss else None, 'MB'),
+        Figure('memory_uss_total_mib', f'memory USS, server tree ({len(memory)} processes)',
+               total('uss'), 'MiB', target=Target(100.0)),
+        Figure('memory_pss_total_mib', 'memory PSS, server tree', total('pss'), 'MiB'),
+        Figure('memory_uss_worker_mib', f'memory USS per worker, median of {len(workers)}',
+               statistics.median(worker_uss) if worker_uss else None, 'MiB'),
+        Figure('memory_pss_worker_mib', 'memory PSS per worker, median',
+               statistics.median(worker_pss) if worker_pss else None, 'MiB'),
     ]
     details = {
         'claimed_pins': claimed,
-        'by_role_mb': {role: {'processes': len(pids), 'uss': total('uss', pids),
+        'by_role_mib': {role: {'processes': len(pids), 'uss': total('uss', pids),
                               'pss': total('pss', pids)}
                        for role, pids in roles.items()},
         'per_process_kb': {str(pid): dict(kb, cmd=harness.command_line(pid)[:80])

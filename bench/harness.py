@@ -56,7 +56,11 @@ class ChildProcess:
         finally:
             if self.log_path:
                 stderr.close()
-        self.ready_line = self._read_ready_line(timeout)
+        try:
+            self.ready_line = self._read_ready_line(timeout)
+        except BaseException:
+            self.stop()
+            raise
         self.port = int(READY_PATTERN.search(self.ready_line).group(1))
         return self
 
@@ -222,6 +226,12 @@ def wait_for_workers(root, expected, timeout):
     return count
 
 
+def cpu_seconds_by_role(root):
+    """CPU seconds used so far by each role of the server's tree (see :func:`server_roles`)."""
+    return {role: sum(cpu_ticks(pids).values()) / CLOCK_TICKS_PER_SECOND
+            for role, pids in server_roles(root).items()}
+
+
 def cpu_ticks(pids):
     """{pid: utime + stime in clock ticks} for those of *pids* still running."""
     ticks = {}
@@ -259,6 +269,16 @@ def cpu_model():
     return platform.processor() or 'unknown'
 
 
+def git(*args):
+    """Output of a read-only git command in the repository, or None."""
+    try:
+        done = subprocess.run(['git', *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.rstrip('\n') if done.returncode == 0 else None
+
+
 def machine_info():
     from importlib.metadata import PackageNotFoundError, version
     from remoteio_factory import __version__
@@ -266,11 +286,6 @@ def machine_info():
         gpiozero_version = version('gpiozero')
     except PackageNotFoundError:
         gpiozero_version = None
-    try:
-        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO_ROOT, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     return {
         'nproc': len(os.sched_getaffinity(0)),
         'cpu_count': os.cpu_count(),
@@ -280,6 +295,9 @@ def machine_info():
         'platform': platform.platform(),
         'gpiozero': gpiozero_version,
         'remoteio_factory': __version__,
-        'git_commit': commit,
+        'git_commit': git('rev-parse', 'HEAD'),
+        # Tracked files changed since that commit (the figures are of the work tree).
+        'git_changed': (git('status', '--porcelain', '--untracked-files=no') or '').splitlines(),
         'clock_ticks_per_second': CLOCK_TICKS_PER_SECOND,
+        'load_average_at_start': os.getloadavg(),
     }

@@ -15,12 +15,15 @@ from remoteio_factory._version import __version__
 from remoteio_factory.exc import (
     RemoteIOConnectionError, RemoteIOError, RemoteIOFactoryClosed,
     RemoteIOPinError, RemoteIOProtocolError)
+from remoteio_factory.devices import LED, PWMLED
 from remoteio_factory.factory import RemoteIOFactory
 from remoteio_factory.pin import RemoteIOPin
+from remoteio_factory.seed import RemotePin, RemoteServer
 from remoteio_factory.status import server_status
 
 __all__ = [
     'RemoteIOFactory', 'RemoteIOPin', 'server_status',
+    'RemoteServer', 'RemotePin', 'LED', 'PWMLED',
     'RemoteIOError', 'RemoteIOConnectionError', 'RemoteIOProtocolError',
     'RemoteIOPinError', 'RemoteIOFactoryClosed', '__version__',
 ]

@@ -56,6 +56,40 @@ class _Waiter:
         self.reply = None
 
 
+class TaskHandle:
+    """
+    A timed task the server accepted: :meth:`wait` blocks until it has ended
+    and returns how (``completed``, ``replaced``, ``superseded``, ``stopped``;
+    ``failed`` raises the error).
+    """
+
+    def __init__(self, connection, id, pin):
+        self.connection = connection
+        self.id = id
+        self.pin = pin
+        self.result = None
+        self.error = None
+        self._ended = threading.Event()
+
+    def _end(self, result, error):
+        self.result, self.error = result, error
+        self._ended.set()
+
+    @property
+    def ended(self):
+        return self._ended.is_set()
+
+    def wait(self, timeout=None):
+        """Wait for the end (at most *timeout* seconds; None: as long as it takes)."""
+        while not self._ended.wait(1.0 if timeout is None else timeout):
+            if timeout is not None:
+                raise TimeoutError(f'task {self.id} on GPIO{self.pin} has not ended')
+            self.connection._check()
+        if self.error is not None and self.result == 'failed':
+            raise exception_for(self.error)
+        return self.result
+
+
 class Connection:
     """
     A connection to the server at *host*:*port*; says hello on construction
@@ -73,6 +107,7 @@ class Connection:
         self.on_push = on_push
         self._ids = itertools.count(1)
         self._waiters = {}
+        self._tasks = {}
         self._send_lock = threading.Lock()
         self._closing = False
         self._forked = False
@@ -140,11 +175,23 @@ class Connection:
         fields.update(id=next(self._ids), op=op, quiet=True)
         self._send(fields)
 
-    def request(self, op, timeout=None, **fields):
+    def task(self, **fields):
+        """Send a ``task`` request; return its :class:`TaskHandle` once accepted."""
+        id = next(self._ids)
+        handle = TaskHandle(self, id, fields.get('pin'))
+        self._tasks[id] = handle
+        try:
+            self.request('task', _id=id, **fields)
+        except BaseException:
+            self._tasks.pop(id, None)
+            raise
+        return handle
+
+    def request(self, op, timeout=None, _id=None, **fields):
         """Send a request and return its reply; raise the error it carries."""
         if self._closing and op != 'bye':
             raise RemoteIOFactoryClosed('the remoteio factory has been closed')
-        id = next(self._ids)
+        id = next(self._ids) if _id is None else _id
         fields.update(id=id, op=op)
         waiter = _Waiter()
         self._waiters[id] = waiter
@@ -189,17 +236,28 @@ class Connection:
             self._lost(reason)
 
     def _dispatch(self, message):
-        id = message.get('id')
-        waiter = self._waiters.get(id) if id is not None else None
-        if waiter is not None:
-            waiter.reply = message
-            waiter.event.set()
-        elif 'push' in message:
+        if 'push' in message:
+            if message['push'] == 'task_end':
+                handle = self._tasks.pop(message.get('id'), None)
+                if handle is not None:
+                    handle._end(message.get('result'), message.get('error'))
+            elif message['push'] == 'error':
+                exc = exception_for(message.get('error') or {})
+                log.warning('remoteio server %s:%s: an earlier request on pin %s failed: %s',
+                            self.host, self.port, message.get('pin'), exc)
+                if self.on_error is not None:
+                    self.on_error(message.get('pin'), exc)
             if message['push'] == 'closing':
                 log.warning('remoteio server %s:%s is closing the connection: %s',
                             self.host, self.port, message.get('reason'))
             if self.on_push is not None:
                 self.on_push(message)
+            return
+        id = message.get('id')
+        waiter = self._waiters.get(id) if id is not None else None
+        if waiter is not None:
+            waiter.reply = message
+            waiter.event.set()
         elif message.get('ok') is False:
             error = message.get('error') or {}
             exc = exception_for(error)
@@ -215,6 +273,9 @@ class Connection:
                 log.error('lost the remoteio server at %s:%s: %s', self.host, self.port, reason)
         for waiter in list(self._waiters.values()):
             waiter.event.set()
+        for handle in list(self._tasks.values()):
+            handle._end('failed', {'code': 'connection_lost', 'type': 'RemoteIOConnectionError',
+                                   'message': f'the connection was lost: {reason}'})
 
     # Closing ---------------------------------------------------------------
 

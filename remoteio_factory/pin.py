@@ -205,6 +205,35 @@ class RemoteIOPin(PiPin):
         self._claim()
         self._apply(self._request('pull', pull=value))
 
+    # Timed tasks (the server runs the timing) ------------------------------
+
+    def run_task(self, kind, time_ms=None, active_high=True, **fields):
+        """
+        Run a timed task on the server: *kind* is ``on``, ``off``, ``value``,
+        ``blink`` or ``pulse``; *time_ms* its duration; *fields* the task's
+        other fields in wire form (``value``, ``on_ms``, ``off_ms``,
+        ``fade_in_ms``, ``fade_out_ms``, ``n``; see ``docs/protocol.md``).
+        Returns a :class:`~remoteio_factory.connection.TaskHandle` once the
+        server has accepted the task; raises gpiozero's exception if it
+        rejects it.
+        """
+        if self._closed:
+            raise RemoteIOFactoryClosed(f'cannot run {kind} on {self!r}: the factory is closed')
+        self._claim()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        fields = {name: value for name, value in fields.items() if value is not None}
+        if time_ms:
+            fields['time_ms'] = time_ms
+        if not active_high:
+            fields['active_high'] = False
+        handle = self.factory._connection.task(pin=self._gpio, task=kind, **fields)
+        if kind in ('pulse', 'value') and self._frequency is None:
+            # the server starts PWM for these when the pin has none
+            self._frequency = self.factory._connection.request('read', pin=self._gpio)['frequency']
+        return handle
+
     def _enable_event_detect(self):
         raise PinEdgeDetectUnsupported(
             f'edge detection on {self!r} is not supported by this remoteio-factory version')

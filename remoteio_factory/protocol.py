@@ -21,6 +21,12 @@ MAX_ID = 2**53 - 1
 #: Highest PWM frequency (Hz) the server accepts.
 MAX_FREQUENCY = 1_000_000.0
 
+#: Largest duration of a timed task: one week.
+MAX_TIME_MS = 7 * 24 * 3600 * 1000
+#: Largest cycle count of a blink or pulse.
+MAX_COUNT = 10**9
+
+MODES = ('wait', 'nowait')
 FUNCTIONS = ('input', 'output')
 PULLS = ('up', 'down', 'floating')
 
@@ -36,6 +42,8 @@ ERROR_CODES = {
     'invalid_pin': 'PinInvalidPin',
     'pin_in_use': 'GPIOPinInUse',
     'not_claimed': 'RemoteIOPinError',
+    'pin_closed': 'RemoteIOPinError',            # the pin is finishing its work (soft close)
+    'superseded': 'RemoteIOPinError',            # nowait: a later request replaced this one
     'invalid_state': 'PinInvalidState',
     'invalid_function': 'PinInvalidFunction',
     'invalid_pull': 'PinInvalidPull',
@@ -207,6 +215,17 @@ def get_frequency(message):
             'bad_request',
             f"field 'frequency' must be null or a number above 0 and at most {MAX_FREQUENCY:g}")
     return float(value)
+
+
+def get_ms(message, name, default=None):
+    """A duration in milliseconds (0 to :data:`MAX_TIME_MS`), returned in seconds."""
+    value = message.get(name)
+    if value is None:
+        return default
+    if not is_number(value) or not 0 <= value <= MAX_TIME_MS:
+        raise ProtocolError(
+            'bad_request', f'field {name!r} must be a number of milliseconds from 0 to {MAX_TIME_MS}')
+    return value / 1000.0
 
 
 def get_bool(message, name, default=False):

@@ -20,6 +20,7 @@ import time
 from gpiozero.pins.pi import PiBoardInfo
 
 from remoteio_factory import protocol
+from remoteio_factory.protocol import MODES
 from remoteio_factory._version import __version__
 from remoteio_server import backends
 from remoteio_server.registry import Registry
@@ -28,7 +29,6 @@ from remoteio_server.spawner import Spawner
 
 log = logging.getLogger('remoteio_server')
 
-MODES = ('wait', 'nowait')
 
 
 def board_gpios(board_info):
@@ -167,7 +167,7 @@ class Server:
             'version': __version__,
             'backend': self.backend,
             'revision': self.board_info.revision,
-            'mode': self.mode,
+            'mode': session.mode,
             'capabilities': self.capabilities,
             'session': session.id,
             'monotonic': time.monotonic(),
@@ -189,7 +189,7 @@ class Server:
             'time': time.time(),
             'uptime': time.monotonic() - self.started,
             'clients': [
-                {'id': s.id, 'peer': s.peer, 'client': s.client,
+                {'id': s.id, 'peer': s.peer, 'client': s.client, 'mode': s.mode,
                  'connected': s.connected, 'pins': sorted(s.pins)}
                 for s in sessions
             ],

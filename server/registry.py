@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 
 from remoteio_factory.protocol import ProtocolError
 
@@ -25,6 +25,9 @@ log = logging.getLogger('remoteio_server.registry')
 
 #: How long the server waits for a worker to answer an internal request.
 INTERNAL_TIMEOUT = 10.0
+#: Operations a worker acknowledges when it accepts them (``done``); the
+#: others are answered with their result (``ok``/``err``).
+ACKNOWLEDGED_OPS = frozenset({'write', 'task'})
 
 
 def _dumps(message):
@@ -63,7 +66,8 @@ class ClaimedPin:
         self.final = None          # the worker's last snapshot, once released
         self.freed_event = threading.Event()
         self._seq = 0
-        self._pending = deque()    # (seq, route) in the order sent
+        self._pending = OrderedDict()   # seq -> (op, route), in the order sent
+        self._tasks = {}                # seq -> route of a timed task not yet ended
         self._lock = threading.Lock()
 
     def attach(self, worker):
@@ -85,7 +89,9 @@ class ClaimedPin:
                 route.finish(None, error)
                 return
             self._seq += 1
-            self._pending.append((self._seq, route))
+            self._pending[self._seq] = (op, route)
+            if op == 'task':
+                self._tasks[self._seq] = route
             try:
                 self.worker.conn.send_bytes(_dumps([self._seq, op, args]))
             except OSError:
@@ -107,19 +113,43 @@ class ClaimedPin:
             self.status = 'releasing'
         self.forward('release', {}, route or InternalReply())
 
-    def _complete(self, seq, result, error):
+    def _accepted(self, seq):
+        """``done``: every write and task up to *seq* was accepted."""
+        with self._lock:
+            finished = [(s, route) for s, (op, route) in
+                        itertools.takewhile(lambda item: item[0] <= seq, self._pending.items())
+                        if op in ACKNOWLEDGED_OPS]
         # Reply first, then stop counting the operations as pending: a read
         # waiting for this pin must not overtake these replies.
+        for _, route in finished:
+            route.finish(None, None)
         with self._lock:
-            finished = list(itertools.takewhile(lambda item: item[0] <= seq, self._pending))
-        for done_seq, route in finished:
-            if done_seq == seq:
-                route.finish(result, error)
-            else:
-                route.finish(None, None)
+            for s, _ in finished:
+                del self._pending[s]
+        self._progressed()
+
+    def _answered(self, seq, result, error):
+        """``ok``/``err``: the request *seq* has its answer."""
         with self._lock:
-            for _ in finished:
-                self._pending.popleft()
+            entry = self._pending.get(seq)
+            if entry is None:
+                self._tasks.pop(seq, None)
+        if entry is not None:
+            entry[1].finish(result, error)
+            with self._lock:
+                del self._pending[seq]
+        elif error is not None and self.owner is not None:
+            # A write that was accepted earlier failed when it ran.
+            self.owner.send({'push': 'error', 'pin': self.gpio, 'error': error})
+        self._progressed()
+
+    def _task_ended(self, seq, result, error):
+        with self._lock:
+            route = self._tasks.pop(seq, None)
+        if route is not None and hasattr(route, 'task_ended'):
+            route.task_ended(result, error)
+
+    def _progressed(self):
         owner = self.owner
         if owner is not None:
             owner.pin_progressed()
@@ -133,24 +163,30 @@ class ClaimedPin:
                 break
             kind = message[0]
             if kind == 'done':
-                self._complete(message[1], None, None)
+                self._accepted(message[1])
             elif kind == 'ok':
                 result = message[2]
                 if self.status == 'releasing' and 'history' in result:
                     self.final = result
                     result = {k: result[k] for k in ('function', 'state', 'frequency', 'pull')}
-                self._complete(message[1], result, None)
+                self._answered(message[1], result, None)
             elif kind == 'err':
-                self._complete(message[1], None, message[2])
+                self._answered(message[1], None, message[2])
+            elif kind == 'end':
+                self._task_ended(message[1], message[2], message[3])
         # The worker has ended (released, died, or its claim failed).
         with self._lock:
             abandoned = self.status == 'abandoned'
             died = self.status not in ('releasing', 'abandoned')
             self.status = 'gone'
-            leftover, self._pending = list(self._pending), deque()
+            leftover, self._pending = list(self._pending.values()), OrderedDict()
+            tasks, self._tasks = list(self._tasks.values()), {}
         error = {'code': 'worker_died', 'message': f'the worker of GPIO{self.gpio} ended unexpectedly'}
         for _, route in leftover:
             route.finish(None, error)
+        for route in tasks:
+            if hasattr(route, 'task_ended'):
+                route.task_ended('failed', error)
         if died:
             log.error('worker %d of GPIO%d ended unexpectedly', self.worker.pid, self.gpio)
         self.worker.kill()  # closes our end and reaps the process
@@ -200,7 +236,7 @@ class Registry:
                 'backend_error', f'cannot start a worker for GPIO{gpio}: {exc}') from None
         pin.attach(worker)
         try:
-            state = pin.call('claim', {'gpio': gpio})
+            state = pin.call('claim', {'gpio': gpio, 'mode': session.mode})
         except (ProtocolError, TimeoutError):
             pin.status = 'abandoned'
             worker.kill(grace=0)

@@ -20,7 +20,9 @@ import threading
 import time
 
 from remoteio_factory import protocol
-from remoteio_factory.protocol import ProtocolError, error_reply, encode
+from remoteio_factory.protocol import MODES, ProtocolError, error_reply, encode
+from remoteio_server.tasks import KINDS as TASK_KINDS
+from remoteio_server.tasks import Task
 
 log = logging.getLogger('remoteio_server.session')
 
@@ -48,6 +50,13 @@ class ClientReply:
                 reply.update(result)
             self.session.send(reply)
 
+    def task_ended(self, result, error):
+        """A timed task this request started has ended: tell its sender."""
+        message = {'push': 'task_end', 'id': self.id, 'pin': self.pin, 'result': result}
+        if error is not None:
+            message['error'] = error
+        self.session.send(message)
+
 
 class Session:
     """One client connection; see the module docstring."""
@@ -61,6 +70,7 @@ class Session:
         self.connected = time.monotonic()
         self.pins = {}                     # gpio -> ClaimedPin
         self.greeted = False
+        self.mode = server.mode
         self.closed = False
         self.end_reason = None             # set by the server when it ends the session
         self._send_lock = threading.Lock()
@@ -75,6 +85,7 @@ class Session:
             'frequency': self.on_frequency,
             'pull': self.on_pull,
             'read': self.on_read,
+            'task': self.on_task,
             'status': self.on_status,
             'bye': self.on_bye,
         }
@@ -157,6 +168,8 @@ class Session:
     def owned(self, message):
         gpio = protocol.get_gpio(message, self.server.registry.gpios)
         pin = self.pins.get(gpio)
+        if pin is not None and pin.status == 'releasing':
+            raise ProtocolError('pin_closed', f'GPIO{gpio} is closed (finishing its work)')
         if pin is None or pin.status != 'claimed':
             raise ProtocolError('not_claimed', f'GPIO{gpio} is not claimed by this connection')
         return pin
@@ -201,6 +214,9 @@ class Session:
             raise ProtocolError(
                 'unsupported_protocol',
                 f'this server speaks protocol {protocol.PROTOCOL_VERSION}, not {wanted!r}')
+        mode = protocol.get_str(message, 'mode', MODES, required=False)
+        if mode is not None:
+            self.mode = mode
         client = message.get('client')
         if client is not None:
             if not isinstance(client, str):
@@ -256,6 +272,25 @@ class Session:
         pin = self.owned(message)
         self.wait_caught_up(except_pin=pin)
         pin.forward('read', {}, ClientReply(self, id, False, pin.gpio))
+
+    def on_task(self, id, message):
+        kind = protocol.get_str(message, 'task', TASK_KINDS)
+        args = {'kind': kind, 'duration': protocol.get_ms(message, 'time_ms')}
+        if kind == 'value':
+            args['level'] = protocol.get_state(message, 'value')
+        if kind in ('blink', 'pulse'):
+            for name, field in (('on_time', 'on_ms'), ('off_time', 'off_ms'),
+                                ('fade_in', 'fade_in_ms'), ('fade_out', 'fade_out_ms')):
+                args[name] = protocol.get_ms(message, field)
+            args['n'] = protocol.get_count(message, 'n', 0, protocol.MAX_COUNT) or None
+        args['active_high'] = protocol.get_bool(message, 'active_high', True)
+        task = Task(**args)
+        if task.cycle is not None and task.cycle <= 0:
+            raise ProtocolError('bad_request', f'a {kind} cycle must last longer than 0 ms')
+        if task.uses_pwm and not self.server.capabilities['pwm']:
+            raise ProtocolError('pwm_unsupported', f'{kind} needs PWM; the {self.server.backend} '
+                                                   f'backend has none')
+        self.forward(id, message, 'task', args)
 
     def on_status(self, id, message):
         history = protocol.get_count(message, 'history', 20, 1000)

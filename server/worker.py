@@ -1,36 +1,49 @@
 """
 The pin worker: one process per claimed pin, owning one gpiozero pin of the
-local backend.
+local backend, with its own task queue.
 
 Flow: client → wire → server session → **pin worker** → gpiozero pin.
 
 A worker is started (by :mod:`remoteio_server.spawner`) before any client
 asks for it: it builds its backend factory, says ``ready`` and sleeps on its
-pipe. A ``claim`` binds it to one GPIO for the rest of its life. From then on
-it carries out the operations the session forwards, strictly in the order
-they arrive, records every change of the pin in a bounded history, and
-acknowledges what it has done. ``release`` switches the pin off, closes it
-and ends the process. The worker blocks on its pipe whenever it has nothing
-to do: it never polls.
+pipe. A ``claim`` binds it to one GPIO for the rest of its life.
+
+From then on it keeps a queue of *jobs*: plain operations (``write``,
+``setup``, ``frequency``, ``pull``) and timed tasks (:mod:`.tasks`). In
+``wait`` mode jobs run strictly one after another, a finite task to its end;
+an endless task ends when the next job arrives. In ``nowait`` mode a new job
+pre-empts the running task and supersedes whatever is queued (each
+superseded task is reported to its sender). Reads and snapshots are answered
+at once. ``release`` is a soft close: what was accepted is carried out
+(wait: the whole queue; nowait: the running task), endless tasks are
+stopped, then the pin's PWM is stopped, it is returned to an input (as
+gpiozero closes a pin) and the worker ends.
+
+The worker sleeps whenever it has nothing to do: on its pipe when idle, or
+until the next deadline of the running task (absolute deadlines on the
+monotonic clock, so a long blink never drifts). It never polls.
 
 The pipe carries JSON arrays (``send_bytes``), built by the server from
-fields it has already validated. Messages to the worker are
-``[seq, op, args]``; messages from it are ``["ready", revision]``,
-``["done", seq]`` (everything up to *seq* succeeded), ``["ok", seq, result]``
-and ``["err", seq, error]``.
+fields it has already validated. To the worker: ``[seq, op, args]``. From it:
+``["ready", pid]``, ``["done", seq]`` (every acknowledgeable job up to *seq*
+was accepted), ``["ok", seq, result]``, ``["err", seq, error]`` and
+``["end", seq, result, error]`` (a timed task ended: ``completed``,
+``replaced``, ``superseded``, ``stopped`` or ``failed``).
 """
 
 import json
 import logging
 import os
+import select
 import signal
 import time
 from collections import deque
 
-from gpiozero.exc import PinPWMFixedValue
+from gpiozero.exc import PinPWMFixedValue, PinPWMUnsupported, PinSetInput
 
 from remoteio_factory.protocol import CODE_FOR_EXCEPTION
-from remoteio_server.backends import build_factory
+from remoteio_server.backends import CAPABILITIES, build_factory
+from remoteio_server.tasks import Task
 
 # Preloaded by the spawner so that every worker starts with gpiozero imported.
 import gpiozero  # noqa: F401
@@ -40,6 +53,12 @@ log = logging.getLogger('remoteio_server.worker')
 
 #: Transitions kept per pin.
 HISTORY_LENGTH = 1000
+#: PWM frequency a task starts when it needs PWM on a pin that has none (gpiozero's default).
+DEFAULT_PWM_FREQUENCY = 100.0
+
+#: Jobs answered with a result when they have run (the others are acknowledged
+#: when accepted, with ``done``).
+RESULT_OPS = frozenset({'setup', 'frequency', 'pull', 'release'})
 
 
 def _dumps(message):
@@ -59,27 +78,42 @@ def describe_error(exc):
             'message': f'{type(exc).__name__}: {exc}'}
 
 
-class PinWorker:
-    """Carries out the operations for one pin; see the module docstring."""
+class Job:
+    """One queued operation: *task* is a :class:`Task` for timed ones."""
 
-    def __init__(self, conn, factory, gpio):
+    __slots__ = ('seq', 'op', 'args', 'task', 'started')
+
+    def __init__(self, seq, op, args, task=None):
+        self.seq, self.op, self.args, self.task = seq, op, args, task
+        self.started = None
+
+
+class PinWorker:
+    """Carries out the jobs for one pin; see the module docstring."""
+
+    def __init__(self, conn, factory, gpio, backend, mode):
         self.conn = conn
         self.factory = factory
         self.gpio = gpio
+        self.mode = mode
+        self.pwm_capable = CAPABILITIES[backend]['pwm']
         self.pin = factory.pin(gpio)
         self.history = deque(maxlen=HISTORY_LENGTH)
         self.writes = 0
-        self._last = {}
+        self.queue = deque()
+        self.running = None          # the Job of the timed task under way
+        self.deadline = None         # monotonic time of its next change
+        self.closing = False
         self.released = False
+        self._level = None
+        self._last = {}
         self._record()
-        self.ops = {
-            'setup': self.op_setup,
-            'write': self.op_write,
-            'frequency': self.op_frequency,
-            'pull': self.op_pull,
-            'read': self.op_read,
-            'snapshot': self.op_snapshot,
-            'release': self.op_release,
+        self.runners = {
+            'write': self.run_write,
+            'setup': self.run_setup,
+            'frequency': self.run_frequency,
+            'pull': self.run_pull,
+            'release': self.run_release,
         }
 
     # State and history -----------------------------------------------------
@@ -114,11 +148,34 @@ class PinWorker:
             del states[:-1]
         return current
 
-    # Operations ------------------------------------------------------------
-    # Each takes the validated args dict; a return value other than None is
-    # sent back as the result.
+    def snapshot(self, history=HISTORY_LENGTH):
+        result = self.read_state()
+        result['writes'] = self.writes
+        result['worker_pid'] = os.getpid()
+        result['closing'] = self.closing
+        result['mode'] = self.mode
+        running = self.running
+        if running is not None:
+            elapsed = time.monotonic() - running.started
+            remaining = None if running.task.endless else max(0.0, running.task.end - elapsed)
+            result['task'] = {'id': running.seq, 'kind': running.task.kind,
+                              'description': running.task.describe(),
+                              'elapsed': elapsed, 'remaining': remaining}
+        else:
+            result['task'] = None
+        result['queued'] = [job.task.describe() if job.task else job.op for job in self.queue]
+        result['history'] = list(self.history)[-history:] if history else []
+        return result
 
-    def op_setup(self, args):
+    # Plain operations --------------------------------------------------------
+    # Each takes the validated args dict; a result op returns its result.
+
+    def run_write(self, args):
+        self.pin.state = args['state']
+        self.writes += 1
+        self._record()
+
+    def run_setup(self, args):
         function = args['function']
         if function == 'output' and args.get('state') is not None:
             self.pin.output_with_state(args['state'])
@@ -128,38 +185,18 @@ class PinWorker:
             self.pin.function = function
         return self._record()
 
-    def op_write(self, args):
-        self.pin.state = args['state']
-        self.writes += 1
-        self._record()
-
-    def op_frequency(self, args):
+    def run_frequency(self, args):
         if args['frequency'] is not None and self.pin.function != 'output':
             raise PinPWMFixedValue(f'cannot start PWM on pin {self.pin!r}: it is not an output')
         self.pin.frequency = args['frequency']
         return self._record()
 
-    def op_pull(self, args):
+    def run_pull(self, args):
         self.pin.pull = args['pull']
         return self._record()
 
-    def op_read(self, args):
-        return self.read_state()
-
-    def op_snapshot(self, args):
-        result = self.read_state()
-        result['writes'] = self.writes
-        result['worker_pid'] = os.getpid()
-        limit = args.get('history', HISTORY_LENGTH)
-        result['history'] = list(self.history)[-limit:] if limit else []
-        return result
-
-    def op_release(self, args):
-        """
-        Soft close: stop PWM and return the pin to an input, as gpiozero does
-        when a device is closed (so an active-low device is never driven low
-        for an instant), then report and end the worker.
-        """
+    def run_release(self, args):
+        """Stop PWM and return the pin to an input, as gpiozero closes a pin."""
         pin = self.pin
         try:
             if pin.frequency is not None:
@@ -169,20 +206,132 @@ class PinWorker:
         finally:
             self._record()
         self.released = True
-        return self.op_snapshot({})
+        return self.snapshot()
 
-    # Loop ----------------------------------------------------------------
+    # Timed tasks ---------------------------------------------------------------
+
+    def _set_level(self, level):
+        if level == self._level:
+            return
+        pin = self.pin
+        if pin.frequency is not None:
+            pin.state = level
+        else:
+            pin.state = 1 if level >= 0.5 else 0
+        self._level = level
+        self._record()
+
+    def _start_task(self, job, now):
+        task = job.task
+        if self.pin.function != 'output':
+            raise PinSetInput(f'cannot run {task.kind} on pin {self.pin!r}: it is not an output')
+        if task.uses_pwm and self.pin.frequency is None:
+            if not self.pwm_capable:
+                raise PinPWMUnsupported(f'{task.kind} needs PWM, which this backend lacks')
+            self.pin.frequency = DEFAULT_PWM_FREQUENCY
+        job.started = now
+        self._level = None
+        self.running = job
+
+    def _end_task(self, result, error=None, switch_off=False):
+        job, self.running, self.deadline = self.running, None, None
+        if switch_off:
+            try:
+                self._set_level(job.task.pin_level(0.0))
+            except Exception as exc:  # report, but the task has ended either way
+                error = error or describe_error(exc)
+        self._level = None
+        self.send(['end', job.seq, result, error])
+
+    def _end_job(self, job, result, error=None):
+        """A queued job that will never run."""
+        if job.task is not None:
+            self.send(['end', job.seq, result, error])
+        elif job.op in RESULT_OPS:
+            self.send(['err', job.seq, error or {
+                'code': 'superseded', 'type': 'RemoteIOPinError',
+                'message': f'superseded by a later request ({self.mode} mode)'}])
+
+    # The queue -----------------------------------------------------------------
+
+    def submit(self, job):
+        if self.closing:
+            self._end_job(job, 'failed', {'code': 'pin_closed', 'type': 'RemoteIOPinError',
+                                          'message': f'GPIO{self.gpio} is closing'})
+            return
+        if job.op == 'release':
+            self.closing = True
+            if self.mode == 'nowait':
+                self._supersede_queue()
+        elif self.mode == 'nowait':
+            self._supersede_queue()
+            if self.running is not None:
+                self._end_task('superseded')
+        self.queue.append(job)
+        self.advance(time.monotonic())
+
+    def _supersede_queue(self):
+        while self.queue:
+            self._end_job(self.queue.popleft(), 'superseded')
+
+    def advance(self, now):
+        """Carry out everything that is due at *now*; set the next deadline."""
+        while not self.released:
+            running = self.running
+            if running is not None:
+                task = running.task
+                elapsed = now - running.started
+                if task.done(elapsed):
+                    self._end_task('completed', switch_off=task.kind != 'off')
+                    continue
+                if task.endless and (self.queue or self.closing):
+                    self._end_task('stopped' if self.closing and not self.queue else 'replaced')
+                    continue
+                try:
+                    level, change = task.at(elapsed)
+                    self._set_level(level)
+                except Exception as exc:
+                    self._end_task('failed', describe_error(exc))
+                    continue
+                self.deadline = None if change is None else running.started + change
+                return
+            if not self.queue:
+                self.deadline = None
+                return
+            job = self.queue.popleft()
+            if job.task is not None:
+                if self.closing and job.task.endless:
+                    self._end_job(job, 'stopped')
+                    continue
+                try:
+                    self._start_task(job, now)
+                except Exception as exc:
+                    self._end_job(job, 'failed', describe_error(exc))
+                continue
+            self._run_plain(job)
+
+    def _run_plain(self, job):
+        try:
+            result = self.runners[job.op](job.args)
+        except Exception as exc:
+            self.send(['err', job.seq, describe_error(exc)])
+            return
+        if job.op in RESULT_OPS:
+            self.send(['ok', job.seq, result])
+
+    # Messages ------------------------------------------------------------------
 
     def handle(self, raw):
+        """Take one message from the server; return its sequence number."""
         seq, op, args = json.loads(raw)
-        try:
-            result = self.ops[op](args)
-        except Exception as exc:
-            self.send(['err', seq, describe_error(exc)])
-            return None
-        if result is not None:
-            self.send(['ok', seq, result])
-            return None
+        if op == 'read':
+            self.send(['ok', seq, self.read_state()])
+        elif op == 'snapshot':
+            self.send(['ok', seq, self.snapshot(args.get('history', HISTORY_LENGTH))])
+        elif op == 'task':
+            self.submit(Job(seq, op, args, Task(**args)))
+        else:
+            self.submit(Job(seq, op, args))
         return seq
 
     def send(self, message):
@@ -191,16 +340,22 @@ class PinWorker:
     def run(self):
         """Serve the pin until it is released or the server goes away."""
         conn = self.conn
+        fd = conn.fileno()
         while not self.released:
-            # Sleep until the server sends something (no polling), then take
-            # everything that has arrived and acknowledge it at once.
-            unacked = self.handle(conn.recv_bytes())
+            # Sleep until a message arrives or the running task's next deadline
+            # (select takes a timeout in microseconds; epoll would round to ms).
+            if self.deadline is None:
+                select.select([fd], [], [])
+            else:
+                timeout = self.deadline - time.monotonic()
+                if timeout > 0:
+                    select.select([fd], [], [], timeout)
+            last = None
             while not self.released and conn.poll():
-                done = self.handle(conn.recv_bytes())
-                # A reply acknowledges everything before it.
-                unacked = done
-            if unacked is not None:
-                self.send(['done', unacked])
+                last = self.handle(conn.recv_bytes())
+            if last is not None and not self.released:
+                self.send(['done', last])
+            self.advance(time.monotonic())
 
 
 def main(conn, backend, revision):
@@ -227,7 +382,7 @@ def main(conn, backend, revision):
         factory.close()
         return
     try:
-        worker = PinWorker(conn, factory, args['gpio'])
+        worker = PinWorker(conn, factory, args['gpio'], backend, args.get('mode', 'wait'))
     except Exception as exc:
         conn.send_bytes(_dumps(['err', seq, describe_error(exc)]))
         factory.close()
@@ -236,8 +391,11 @@ def main(conn, backend, revision):
     try:
         worker.run()
     except (EOFError, OSError):
-        # The server went away: leave the pin safe.
+        # The server went away: leave the pin safe, with no one to report to.
         if not worker.released:
-            worker.op_release({})
+            worker.send = lambda message: None
+            worker.running = None
+            worker.queue.clear()
+            worker.run_release({})
     finally:
         factory.close()
