@@ -220,7 +220,7 @@ class Connection:
         try:
             while True:
                 try:
-                    data = self._sock.recv(262144)
+                    data = self._sock.recv(65536)
                 except OSError as exc:
                     reason = f'receive failed: {exc.strerror or exc}'
                     break

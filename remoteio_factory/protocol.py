@@ -55,6 +55,7 @@ ERROR_CODES = {
     'backend_error': 'RemoteIOPinError',
     'worker_died': 'RemoteIOPinError',
     'limit': 'RemoteIOError',
+    'timeout': 'RemoteIOError',                  # the server gave up waiting (e.g. for other pins)
     'shutting_down': 'RemoteIOError',
 }
 

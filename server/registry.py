@@ -12,22 +12,17 @@ owner at a time), takes them back when their worker has switched them off
 and ended, and keeps the last history of every pin for ``status``.
 """
 
-import itertools
 import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 
-from remoteio_factory.protocol import ProtocolError
+from remoteio_factory.protocol import ProtocolError, error_reply
 
 log = logging.getLogger('remoteio_server.registry')
 
 #: How long the server waits for a worker to answer an internal request.
 INTERNAL_TIMEOUT = 10.0
-#: Operations a worker acknowledges when it accepts them (``done``); the
-#: others are answered with their result (``ok``/``err``).
-ACKNOWLEDGED_OPS = frozenset({'write', 'task'})
 
 
 def _dumps(message):
@@ -66,8 +61,9 @@ class ClaimedPin:
         self.final = None          # the worker's last snapshot, once released
         self.freed_event = threading.Event()
         self._seq = 0
-        self._pending = OrderedDict()   # seq -> (op, route), in the order sent
+        self._pending = {}              # seq -> route waiting for its answer
         self._tasks = {}                # seq -> route of a timed task not yet ended
+        self.unsynced = False           # quiet writes sent since the last sync
         self._lock = threading.Lock()
 
     def attach(self, worker):
@@ -78,24 +74,42 @@ class ClaimedPin:
 
     @property
     def busy(self):
-        """True while operations sent to the worker are not acknowledged."""
+        """True while requests sent to the worker wait for their answer."""
         return bool(self._pending)
 
     def forward(self, op, args, route):
-        """Send *op* to the worker; *route*.finish(result, error) runs when it is done."""
+        """
+        Send *op* to the worker; *route*.finish(result, error) runs when it is
+        answered. A quiet write is not answered unless it fails (that saves
+        the server a wake-up per write); :meth:`sync` makes sure it has been
+        taken.
+        """
+        request_id = getattr(route, 'id', None)
+        quiet_write = op == 'write' and getattr(route, 'quiet', False)
         with self._lock:
             if self.status == 'gone':
                 error = {'code': 'worker_died', 'message': f'the worker of GPIO{self.gpio} has ended'}
                 route.finish(None, error)
                 return
             self._seq += 1
-            self._pending[self._seq] = (op, route)
+            if quiet_write:
+                self.unsynced = True
+            else:
+                self._pending[self._seq] = route
+                if op == 'write':
+                    args = dict(args, reply=True)
             if op == 'task':
                 self._tasks[self._seq] = route
             try:
-                self.worker.conn.send_bytes(_dumps([self._seq, op, args]))
+                self.worker.conn.send_bytes(_dumps([self._seq, op, args, request_id]))
             except OSError:
                 pass  # the reader sees the worker's end and fails the pending routes
+
+    def sync(self, timeout=INTERNAL_TIMEOUT):
+        """Wait until the worker has taken every write sent before."""
+        if self.unsynced:
+            self.unsynced = False
+            self.call('sync', {}, timeout)
 
     def call(self, op, args, timeout=INTERNAL_TIMEOUT):
         """Send *op* and wait for its result (for the server's own use)."""
@@ -113,35 +127,23 @@ class ClaimedPin:
             self.status = 'releasing'
         self.forward('release', {}, route or InternalReply())
 
-    def _accepted(self, seq):
-        """``done``: every write and task up to *seq* was accepted."""
-        with self._lock:
-            finished = [(s, route) for s, (op, route) in
-                        itertools.takewhile(lambda item: item[0] <= seq, self._pending.items())
-                        if op in ACKNOWLEDGED_OPS]
-        # Reply first, then stop counting the operations as pending: a read
-        # waiting for this pin must not overtake these replies.
-        for _, route in finished:
-            route.finish(None, None)
-        with self._lock:
-            for s, _ in finished:
-                del self._pending[s]
-        self._progressed()
-
-    def _answered(self, seq, result, error):
+    def _answered(self, seq, result, error, request_id=None):
         """``ok``/``err``: the request *seq* has its answer."""
         with self._lock:
-            entry = self._pending.get(seq)
-            if entry is None:
+            route = self._pending.get(seq)
+            if route is None and error is not None:
                 self._tasks.pop(seq, None)
-        if entry is not None:
-            entry[1].finish(result, error)
+        if route is not None:
+            # Reply first, then stop counting the request as pending: a read
+            # waiting for this pin must not overtake the reply.
+            route.finish(result, error)
             with self._lock:
                 del self._pending[seq]
+            self._progressed()
         elif error is not None and self.owner is not None:
-            # A write that was accepted earlier failed when it ran.
-            self.owner.send({'push': 'error', 'pin': self.gpio, 'error': error})
-        self._progressed()
+            # A quiet write (or an accepted one) failed when it ran.
+            self.owner.send(error_reply(request_id, error['code'], error['message'],
+                                        error.get('type'), pin=self.gpio))
 
     def _task_ended(self, seq, result, error):
         with self._lock:
@@ -162,16 +164,14 @@ class ClaimedPin:
             except (EOFError, OSError):
                 break
             kind = message[0]
-            if kind == 'done':
-                self._accepted(message[1])
-            elif kind == 'ok':
+            if kind == 'ok':
                 result = message[2]
                 if self.status == 'releasing' and 'history' in result:
                     self.final = result
                     result = {k: result[k] for k in ('function', 'state', 'frequency', 'pull')}
                 self._answered(message[1], result, None)
             elif kind == 'err':
-                self._answered(message[1], None, message[2])
+                self._answered(message[1], None, message[2], message[3])
             elif kind == 'end':
                 self._task_ended(message[1], message[2], message[3])
         # The worker has ended (released, died, or its claim failed).
@@ -179,10 +179,10 @@ class ClaimedPin:
             abandoned = self.status == 'abandoned'
             died = self.status not in ('releasing', 'abandoned')
             self.status = 'gone'
-            leftover, self._pending = list(self._pending.values()), OrderedDict()
+            leftover, self._pending = list(self._pending.values()), {}
             tasks, self._tasks = list(self._tasks.values()), {}
         error = {'code': 'worker_died', 'message': f'the worker of GPIO{self.gpio} ended unexpectedly'}
-        for _, route in leftover:
+        for route in leftover:
             route.finish(None, error)
         for route in tasks:
             if hasattr(route, 'task_ended'):

@@ -120,7 +120,7 @@ class Session:
         try:
             while not self.closed:
                 try:
-                    data = self.sock.recv(262144)
+                    data = self.sock.recv(65536)
                 except OSError as exc:
                     reason = f'connection broken: {exc}'
                     break
@@ -193,11 +193,16 @@ class Session:
         self.pin_progressed()
 
     def wait_caught_up(self, except_pin=None):
-        """Block until every pin but *except_pin* has carried out what was sent to it."""
+        """Block until every pin but *except_pin* has taken what was sent to it."""
+        others = [p for p in list(self.pins.values()) if p is not except_pin]
+        deadline = time.monotonic() + BARRIER_TIMEOUT
+        for pin in others:
+            pin.sync(max(0.001, deadline - time.monotonic()))
         with self._progress:
-            self._progress.wait_for(
-                lambda: not any(p.busy for p in list(self.pins.values()) if p is not except_pin),
-                BARRIER_TIMEOUT)
+            if not self._progress.wait_for(lambda: not any(p.busy for p in others),
+                                           max(0.0, deadline - time.monotonic())):
+                raise ProtocolError('timeout', f'the other pins did not catch up within '
+                                               f'{BARRIER_TIMEOUT:g} s')
 
     def reply(self, id, **fields):
         self.send(dict(id=id, ok=True, **fields))

@@ -24,11 +24,15 @@ until the next deadline of the running task (absolute deadlines on the
 monotonic clock, so a long blink never drifts). It never polls.
 
 The pipe carries JSON arrays (``send_bytes``), built by the server from
-fields it has already validated. To the worker: ``[seq, op, args]``. From it:
-``["ready", pid]``, ``["done", seq]`` (every acknowledgeable job up to *seq*
-was accepted), ``["ok", seq, result]``, ``["err", seq, error]`` and
+fields it has already validated. To the worker: ``[seq, op, args, id]``
+(*id*: the client's request id, or null). From it: ``["ready", pid]``,
+``["ok", seq, result]``, ``["err", seq, error, id]`` and
 ``["end", seq, result, error]`` (a timed task ended: ``completed``,
-``replaced``, ``superseded``, ``stopped`` or ``failed``).
+``replaced``, ``superseded``, ``stopped`` or ``failed``). Timed tasks are
+answered when accepted; reads, snapshots and ``sync`` at once; ``setup``,
+``frequency``, ``pull`` and ``release`` when they have run; a write only if
+it fails, or when it has run if asked to (``reply``). ``sync`` therefore tells the
+server that every write sent before it has been taken.
 """
 
 import json
@@ -81,10 +85,11 @@ def describe_error(exc):
 class Job:
     """One queued operation: *task* is a :class:`Task` for timed ones."""
 
-    __slots__ = ('seq', 'op', 'args', 'task', 'started')
+    __slots__ = ('seq', 'op', 'args', 'task', 'started', 'request_id')
 
-    def __init__(self, seq, op, args, task=None):
+    def __init__(self, seq, op, args, request_id=None, task=None):
         self.seq, self.op, self.args, self.task = seq, op, args, task
+        self.request_id = request_id
         self.started = None
 
 
@@ -247,10 +252,10 @@ class PinWorker:
         """A queued job that will never run."""
         if job.task is not None:
             self.send(['end', job.seq, result, error])
-        elif job.op in RESULT_OPS:
+        else:
             self.send(['err', job.seq, error or {
                 'code': 'superseded', 'type': 'RemoteIOPinError',
-                'message': f'superseded by a later request ({self.mode} mode)'}])
+                'message': f'superseded by a later request ({self.mode} mode)'}, job.request_id])
 
     # The queue -----------------------------------------------------------------
 
@@ -314,25 +319,27 @@ class PinWorker:
         try:
             result = self.runners[job.op](job.args)
         except Exception as exc:
-            self.send(['err', job.seq, describe_error(exc)])
+            self.send(['err', job.seq, describe_error(exc), job.request_id])
             return
-        if job.op in RESULT_OPS:
-            self.send(['ok', job.seq, result])
+        if job.op in RESULT_OPS or job.args.get('reply'):
+            self.send(['ok', job.seq, result or {}])
 
     # Messages ------------------------------------------------------------------
 
     def handle(self, raw):
-        """Take one message from the server; return its sequence number."""
-        seq, op, args = json.loads(raw)
+        """Take one message from the server."""
+        seq, op, args, request_id = json.loads(raw)
         if op == 'read':
             self.send(['ok', seq, self.read_state()])
         elif op == 'snapshot':
             self.send(['ok', seq, self.snapshot(args.get('history', HISTORY_LENGTH))])
+        elif op == 'sync':
+            self.send(['ok', seq, {}])
         elif op == 'task':
-            self.submit(Job(seq, op, args, Task(**args)))
+            self.send(['ok', seq, {}])   # accepted; its end is reported with 'end'
+            self.submit(Job(seq, op, args, request_id, Task(**args)))
         else:
-            self.submit(Job(seq, op, args))
-        return seq
+            self.submit(Job(seq, op, args, request_id))
 
     def send(self, message):
         self.conn.send_bytes(_dumps(message))
@@ -350,11 +357,8 @@ class PinWorker:
                 timeout = self.deadline - time.monotonic()
                 if timeout > 0:
                     select.select([fd], [], [], timeout)
-            last = None
             while not self.released and conn.poll():
-                last = self.handle(conn.recv_bytes())
-            if last is not None and not self.released:
-                self.send(['done', last])
+                self.handle(conn.recv_bytes())
             self.advance(time.monotonic())
 
 
@@ -377,7 +381,7 @@ def main(conn, backend, revision):
     except EOFError:
         factory.close()
         return
-    seq, op, args = json.loads(raw)
+    seq, op, args, _ = json.loads(raw)
     if op != 'claim':
         factory.close()
         return
