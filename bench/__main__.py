@@ -24,7 +24,7 @@ mock`` (two spare workers, the default) and a plain Python TCP echo server
    (target ≤ 10 ms).
 5. **Idle CPU** with those 26 pins claimed, over 5 s (2 s with --quick):
    utime + stime from ``/proc/PID/stat`` of the server and every process
-   below it (forkserver, workers, resource tracker), as % of one core
+   below it (zygote, workers), as % of one core
    (target ≤ 1 %).
 6. **Memory** with those 26 pins claimed: USS (Private_Clean +
    Private_Dirty) and PSS from ``/proc/PID/smaps_rollup`` of the same

@@ -6,8 +6,8 @@ The processes a benchmark run starts, and what /proc says about them.
   SIGTERM, then waits, then SIGKILL if it must. :func:`start_server` starts
   ``remoteio-server --backend mock`` with it, :func:`start_echo_server` the
   baseline :mod:`bench.echo`.
-* The server's process tree (main process → forkserver → one worker per
-  claimed pin, plus spares; and multiprocessing's resource tracker) is
+* The server's process tree (main process → zygote → one worker per
+  claimed pin, plus spares) is
   found by walking ``/proc``; :func:`cpu_ticks` and :func:`memory_kb` read
   ``/proc/PID/stat`` and ``/proc/PID/smaps_rollup`` for each process.
 * :func:`machine_info` describes the machine for the JSON report.
@@ -200,16 +200,16 @@ def command_line(pid):
 
 def server_roles(root):
     """
-    The server's process tree by role: ``{'server': [pid], 'forkserver': [...],
-    'workers': [...], 'other': [...]}``. Workers are the forkserver's children.
+    The server's process tree by role: ``{'server': [pid], 'zygote': [...],
+    'workers': [...], 'other': [...]}``. Workers are the zygote's children.
     """
     tree = process_tree(root)
-    forkservers = [pid for pid in tree
-                   if 'multiprocessing.forkserver' in command_line(pid)
-                   and read_stat(pid) and read_stat(pid)['ppid'] == root]
-    workers = [pid for pid in tree if (read_stat(pid) or {}).get('ppid') in forkservers]
-    other = [pid for pid in tree if pid != root and pid not in forkservers and pid not in workers]
-    return {'server': [root], 'forkserver': forkservers, 'workers': workers, 'other': other}
+    zygotes = [pid for pid in tree
+               if 'remoteio_server.zygote' in command_line(pid)
+               and read_stat(pid) and read_stat(pid)['ppid'] == root]
+    workers = [pid for pid in tree if (read_stat(pid) or {}).get('ppid') in zygotes]
+    other = [pid for pid in tree if pid != root and pid not in zygotes and pid not in workers]
+    return {'server': [root], 'zygote': zygotes, 'workers': workers, 'other': other}
 
 
 def worker_count(root):

@@ -74,8 +74,12 @@ class Server:
 
     def start(self):
         """Resolve the backend, start the spawner and listen. Returns the bound port."""
-        probe_spawner = Spawner(None, self.revision)
-        backend, revision, reasons = probe_spawner.probe(self.requested_backend)
+        self.spawner = Spawner(None, self.revision, self.spares)
+        try:
+            backend, revision, reasons = self.spawner.probe(self.requested_backend)
+        except Exception:
+            self.spawner.close()
+            raise
         for reason in reasons:
             log.info('backend not usable: %s', reason)
         if self.requested_backend == 'auto' and backend == 'mock':
@@ -85,7 +89,7 @@ class Server:
         self.capabilities = dict(backends.CAPABILITIES[backend])
         self.board_info = PiBoardInfo.from_revision(int(revision, 16))
         gpios = board_gpios(self.board_info)
-        self.spawner = Spawner(backend, revision if backend == 'mock' else None, self.spares)
+        self.spawner.use(backend, revision if backend == 'mock' else None)
         self.registry = Registry(self.spawner, gpios, gpios)
         self._listener = self._listen()
         self.port = self._listener.getsockname()[1]

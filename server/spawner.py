@@ -1,22 +1,28 @@
 """
 Starting pin workers from a clean parent.
 
-Flow: server session → **spawner** → pin worker process.
+Flow: server session → **spawner** → zygote (fork) → pin worker.
 
-Workers are forked by multiprocessing's *forkserver*: a small single-threaded
-process started (by fork+exec) when the server starts, with gpiozero and the
-worker module already imported. The server's own main process, which runs
-threads, is never forked. To make a claim cost one message instead of a
-process start, the spawner keeps a few *spare* workers whose backend is
-already built; a background thread tops them up after each claim.
+The server's main process runs threads and is never forked. Workers are
+forked by the *zygote* (:mod:`remoteio_server.zygote`): a single-threaded
+interpreter started once, with gpiozero and the worker code preloaded. To
+make a claim cost one message instead of a process start, the spawner keeps
+a few *spare* workers whose backend is already built; a background thread
+tops them up after each claim.
 """
 
+import array
 import json
 import logging
-import multiprocessing
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
 import threading
-
-from remoteio_server import backends, worker
+import time
+from multiprocessing.connection import Connection
 
 log = logging.getLogger('remoteio_server.spawner')
 
@@ -29,13 +35,16 @@ class WorkerStartError(RuntimeError):
 
 
 class Worker:
-    """A started worker process and the server's end of its pipe."""
+    """A started worker process and the server's end of its socket."""
 
-    def __init__(self, process, conn):
-        self.process = process
+    def __init__(self, pid, conn):
+        self.pid = pid
         self.conn = conn
-        self.pid = process.pid
         self.ready = False
+        try:
+            self._pidfd = os.pidfd_open(pid)   # survives pid reuse; Linux 5.3+
+        except (AttributeError, OSError):
+            self._pidfd = None
 
     def wait_ready(self, timeout=START_TIMEOUT):
         if self.ready:
@@ -46,36 +55,104 @@ class Worker:
         try:
             message = json.loads(self.conn.recv_bytes())
         except (EOFError, OSError):
-            self.kill()
+            self.kill(grace=0)
             raise WorkerStartError(f'worker {self.pid} died while starting') from None
         if message[0] != 'ready':
-            self.kill()
+            self.kill(grace=0)
             raise WorkerStartError(f'worker could not build its backend: {message[2]["message"]}')
         self.ready = True
 
+    def alive(self):
+        if self._pidfd is not None:
+            return not select.select([self._pidfd], [], [], 0)[0]
+        try:
+            with open(f'/proc/{self.pid}/stat') as stat:
+                return stat.read().split(') ', 1)[1][0] != 'Z'
+        except (FileNotFoundError, IndexError):
+            return False
+
+    def _wait_exit(self, timeout):
+        if self._pidfd is not None:
+            return bool(select.select([self._pidfd], [], [], timeout)[0])
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     def kill(self, grace=2.0):
         """
-        Close the pipe (a worker that still serves a pin then releases it and
-        exits), give the process *grace* seconds to end, then kill it; reap it.
+        Close the socket (a worker that still serves a pin then releases it
+        and exits), give the process *grace* seconds to end, then kill it.
+        The zygote reaps it.
         """
         try:
             self.conn.close()
         except OSError:
             pass
-        self.process.join(grace)
-        if self.process.is_alive():
+        if not self._wait_exit(grace):
+            try:
+                if self._pidfd is not None:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                else:
+                    os.kill(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, OSError):
+                pass
+            self._wait_exit(5)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+class Zygote:
+    """The zygote process and its control socket."""
+
+    def __init__(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.process = subprocess.Popen(
+            [sys.executable, '-m', 'remoteio_server.zygote', str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.control = ours
+        self._replies = ours.makefile('rb')
+        self._lock = threading.Lock()
+
+    def run(self, target, *args):
+        """Fork *target* (a name the zygote knows); return (pid, Connection)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        request = json.dumps({'run': target, 'args': list(args)}).encode()
+        try:
+            with self._lock:
+                self.control.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                  array.array('i', [theirs.fileno()]).tobytes())])
+                line = self._replies.readline()
+        except OSError as exc:
+            ours.close()
+            raise WorkerStartError(f'the zygote is gone: {exc}') from None
+        finally:
+            theirs.close()
+        if not line:
+            ours.close()
+            raise WorkerStartError('the zygote is gone')
+        reply = json.loads(line)
+        if 'pid' not in reply:
+            ours.close()
+            raise WorkerStartError(reply.get('error', 'the zygote refused'))
+        return reply['pid'], Connection(ours.detach())
+
+    def close(self):
+        """Close the control socket: the zygote sees it and exits."""
+        for closable in (self._replies, self.control):
+            try:
+                closable.close()
+            except OSError:
+                pass
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join(5)
-
-
-def _probe_main(conn, name, revision):
-    try:
-        result = backends.probe(name, revision)
-    except Exception as exc:
-        conn.send(('error', f'{exc}'))
-    else:
-        conn.send(('ok',) + result)
-    conn.close()
+            self.process.wait()
 
 
 class Spawner:
@@ -85,13 +162,11 @@ class Spawner:
         self.backend = backend
         self.revision = revision
         self.spares = spares
-        self._context = multiprocessing.get_context('forkserver')
-        self._context.set_forkserver_preload(['remoteio_server.worker'])
+        self._zygote = Zygote()
         self._ready = []
         self._lock = threading.Lock()
         self._wanted = threading.Condition(self._lock)
         self._closed = False
-        self._filler = None
 
     # Probing ---------------------------------------------------------------
 
@@ -101,41 +176,32 @@ class Spawner:
         the server's process never opens a GPIO chip. Returns
         ``(backend, revision_hex, reasons)``.
         """
-        parent, child = self._context.Pipe(duplex=False)
-        process = self._context.Process(
-            target=_probe_main, args=(child, name, self.revision),
-            name='remoteio-probe', daemon=True)
-        process.start()
-        child.close()
+        pid, conn = self._zygote.run('probe', name, self.revision)
         try:
-            if not parent.poll(START_TIMEOUT):
+            if not conn.poll(START_TIMEOUT):
                 raise WorkerStartError(f'probing backend {name} took over {START_TIMEOUT} s')
-            reply = parent.recv()
+            reply = json.loads(conn.recv_bytes())
         except EOFError:
             raise WorkerStartError(f'probing backend {name}: the probe process died') from None
         finally:
-            parent.close()
-            process.join(5)
+            conn.close()
         if reply[0] != 'ok':
             raise WorkerStartError(reply[1])
-        return reply[1:]
+        return reply[1], reply[2], reply[3]
+
+    def use(self, backend, revision):
+        """Start workers for *backend* from now on."""
+        self.backend, self.revision = backend, revision
 
     # Workers ---------------------------------------------------------------
 
     def start(self):
         """Start the spare workers' filler thread."""
-        self._filler = threading.Thread(
-            target=self._fill, name='remoteio-spawner', daemon=True)
-        self._filler.start()
+        threading.Thread(target=self._fill, name='remoteio-spawner', daemon=True).start()
 
     def _spawn(self):
-        server_end, worker_end = multiprocessing.Pipe(duplex=True)
-        process = self._context.Process(
-            target=worker.main, args=(worker_end, self.backend, self.revision),
-            name='remoteio-worker', daemon=True)
-        process.start()
-        worker_end.close()
-        return Worker(process, server_end)
+        pid, conn = self._zygote.run('worker', self.backend, self.revision)
+        return Worker(pid, conn)
 
     def _fill(self):
         while True:
@@ -155,7 +221,7 @@ class Spawner:
                 continue
             with self._lock:
                 if self._closed:
-                    spare.kill()
+                    spare.kill(grace=0)
                     return
                 self._ready.append(spare)
 
@@ -176,4 +242,4 @@ class Spawner:
             self._wanted.notify_all()
         for spare in spares:
             spare.kill()
-
+        self._zygote.close()

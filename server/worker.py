@@ -35,6 +35,7 @@ it fails, or when it has run if asked to (``reply``). ``sync`` therefore tells t
 server that every write sent before it has been taken.
 """
 
+import gc
 import json
 import logging
 import os
@@ -367,6 +368,10 @@ def main(conn, backend, revision):
     Entry point of a worker process (the spawner's target). Builds the
     backend, waits for its pin, then serves it until released.
     """
+    # Everything inherited from the forkserver (gpiozero, the interpreter's own
+    # objects) stays shared with it: keep the garbage collector from walking it,
+    # which would copy every page it touches into this process.
+    gc.freeze()
     # The server handles SIGINT/SIGTERM and releases pins itself; a worker that
     # died on the terminal's Ctrl+C would leave its pin in an unknown state.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,122 @@
+"""
+The zygote: a small single-threaded process, started once by the server,
+that forks every pin worker.
+
+Flow: server → spawner → **zygote** (fork) → pin worker.
+
+The server's own process runs threads and must never fork. The zygote is a
+fresh interpreter (``python -m remoteio_server.zygote FD``) that imports
+gpiozero and the worker code once, freezes what it has loaded out of the
+garbage collector's reach (so a forked worker shares those pages instead of
+copying them), and then waits on its control socket. Each request carries
+one end of a fresh socket pair (SCM_RIGHTS) and the name of what to run;
+the zygote forks, the child runs it on that socket, and the zygote answers
+with the child's pid. It reaps its children as they end, and exits when the
+server closes the control socket (or dies).
+
+Requests are one JSON line: ``{"run": "worker"|"probe", "args": [...]}``.
+"""
+
+import array
+import gc
+import json
+import os
+import signal
+import socket
+import sys
+from multiprocessing.connection import Connection
+
+from remoteio_server import backends, worker
+
+#: What a request may run, by name: nothing else can be started.
+TARGETS = {
+    'worker': worker.main,
+}
+
+
+def probe_main(conn, name, revision):
+    """Resolve a backend name and report it (see :func:`backends.probe`)."""
+    try:
+        backend, board_revision, reasons = backends.probe(name, revision)
+    except Exception as exc:
+        conn.send_bytes(json.dumps(['error', str(exc)]).encode())
+    else:
+        conn.send_bytes(json.dumps(['ok', backend, board_revision, reasons]).encode())
+
+
+TARGETS['probe'] = probe_main
+
+
+def _reap(signum, frame):
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _receive(control):
+    """One request: (target, args, fd), or None when the server has gone."""
+    fds = array.array('i')
+    try:
+        message, ancillary, _, _ = control.recvmsg(4096, socket.CMSG_SPACE(fds.itemsize))
+    except InterruptedError:  # pragma: no cover - retried by Python since 3.5
+        return _receive(control)
+    if not message:
+        return None
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - (len(data) % fds.itemsize)])
+    request = json.loads(message)
+    return request['run'], request['args'], fds[0]
+
+
+def _child(control, target, args, fd):
+    control.close()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    code = 0
+    try:
+        TARGETS[target](Connection(fd), *args)
+    except BaseException:  # report, then end the child whatever happened
+        import traceback
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve(control):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the server decides when to stop
+    signal.signal(signal.SIGCHLD, _reap)
+    gc.collect()
+    gc.freeze()
+    while True:
+        request = _receive(control)
+        if request is None:
+            return
+        target, args, fd = request
+        if target not in TARGETS:
+            os.close(fd)
+            control.sendall(b'{"error": "unknown target"}\n')
+            continue
+        pid = os.fork()
+        if pid == 0:
+            _child(control, target, args, fd)
+        os.close(fd)
+        control.sendall(json.dumps({'pid': pid}).encode() + b'\n')
+
+
+def main():
+    control = socket.socket(fileno=int(sys.argv[1]))
+    try:
+        serve(control)
+    finally:
+        control.close()
+
+
+if __name__ == '__main__':
+    main()
