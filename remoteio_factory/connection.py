@@ -99,7 +99,7 @@ class Connection:
     """
 
     def __init__(self, host, port, connect_timeout=DEFAULT_CONNECT_TIMEOUT,
-                 timeout=DEFAULT_TIMEOUT, on_error=None, on_push=None):
+                 timeout=DEFAULT_TIMEOUT, on_error=None, on_push=None, mode=None):
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -130,11 +130,12 @@ class Connection:
             target=self._read_loop, name=f'remoteio-reader-{host}:{port}', daemon=True)
         self._reader.start()
         _connections.add(self)
+        hello = {'protocol': [protocol.PROTOCOL_VERSION],
+                 'client': f'remoteio-factory/{__version__} pid {os.getpid()}'}
+        if mode is not None:
+            hello['mode'] = mode
         try:
-            self.hello = self.request(
-                'hello', protocol=[protocol.PROTOCOL_VERSION],
-                client=f'remoteio-factory/{__version__} pid {os.getpid()}',
-                timeout=connect_timeout)
+            self.hello = self.request('hello', timeout=connect_timeout, **hello)
         except Exception:
             self.close(graceful=False)
             raise
@@ -241,12 +242,6 @@ class Connection:
                 handle = self._tasks.pop(message.get('id'), None)
                 if handle is not None:
                     handle._end(message.get('result'), message.get('error'))
-            elif message['push'] == 'error':
-                exc = exception_for(message.get('error') or {})
-                log.warning('remoteio server %s:%s: an earlier request on pin %s failed: %s',
-                            self.host, self.port, message.get('pin'), exc)
-                if self.on_error is not None:
-                    self.on_error(message.get('pin'), exc)
             if message['push'] == 'closing':
                 log.warning('remoteio server %s:%s is closing the connection: %s',
                             self.host, self.port, message.get('reason'))

@@ -75,8 +75,7 @@ class _ServerTimed:
         while True:
             elapsed = monotonic() - start
             if task.done(elapsed):
-                if task.kind != 'off':
-                    self._write_level(0.0)
+                self._write_level(0.0)
                 return
             level, change = task.at(elapsed)
             self._write_level(level)

@@ -63,13 +63,18 @@ class RemoteIOFactory(PiFactory):
         Seconds to wait for the connection (``REMOTEIO_CONNECT_TIMEOUT``,
         default 3). If no server answers in that time,
         :exc:`~remoteio_factory.RemoteIOConnectionError` is raised.
+    :param str mode:
+        ``wait`` or ``nowait`` for this connection's timed tasks
+        (``REMOTEIO_MODE``; default: the server's ``--mode``). In ``wait`` mode
+        the tasks for a pin run one after another; in ``nowait`` mode each new
+        one replaces the running one.
 
     The factory is closed automatically when the interpreter exits, and
     releases its pins on the server; the server then stops their PWM and
     returns them to inputs, as gpiozero does when it closes a pin.
     """
 
-    def __init__(self, host=None, port=None, *, timeout=None, connect_timeout=None):
+    def __init__(self, host=None, port=None, *, timeout=None, connect_timeout=None, mode=None):
         super().__init__()
         if host is None:
             host = os.environ.get('REMOTEIO_HOST', 'localhost')
@@ -83,7 +88,8 @@ class RemoteIOFactory(PiFactory):
             connect_timeout=connect_timeout or _env_float('REMOTEIO_CONNECT_TIMEOUT',
                                                           DEFAULT_CONNECT_TIMEOUT),
             timeout=timeout or _env_float('REMOTEIO_TIMEOUT', DEFAULT_TIMEOUT),
-            on_error=self._pin_failed, on_push=self._pushed)
+            on_error=self._pin_failed, on_push=self._pushed,
+            mode=mode or os.environ.get('REMOTEIO_MODE') or None)
         hello = self._connection.hello
         self._revision = int(hello['revision'], 16)
         self._capabilities = dict(hello.get('capabilities') or {})
@@ -108,6 +114,11 @@ class RemoteIOFactory(PiFactory):
     def backend(self):
         """The gpiozero backend driving the pins on the server (``lgpio``, ``mock``, …)."""
         return self._server_info.get('backend')
+
+    @property
+    def mode(self):
+        """``wait`` or ``nowait``: how this connection's timed tasks follow each other."""
+        return self._server_info.get('mode')
 
     @property
     def server_info(self):

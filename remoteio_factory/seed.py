@@ -91,12 +91,13 @@ class RemotePin:
 
 class RemoteServer:
     """
-    A connection to a remoteio server for the seed project's API. *server_ip*
-    and *server_port* as for :class:`~remoteio_factory.RemoteIOFactory`.
+    A connection to a remoteio server for the seed project's API. *server_ip*,
+    *server_port* and *mode* (``wait``/``nowait``, default: the server's) as
+    for :class:`~remoteio_factory.RemoteIOFactory`.
     """
 
-    def __init__(self, server_ip, server_port=8509):
-        self.factory = RemoteIOFactory(host=server_ip, port=server_port)
+    def __init__(self, server_ip, server_port=8509, mode=None):
+        self.factory = RemoteIOFactory(host=server_ip, port=server_port, mode=mode)
         self._pins = {}      # PinInfo -> RemotePin
 
     def pin(self, number, numbering='b'):

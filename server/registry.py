@@ -64,6 +64,7 @@ class ClaimedPin:
         self._pending = {}              # seq -> route waiting for its answer
         self._tasks = {}                # seq -> route of a timed task not yet ended
         self.unsynced = False           # quiet writes sent since the last sync
+        self._release_seq = None
         self._lock = threading.Lock()
 
     def attach(self, worker):
@@ -100,6 +101,8 @@ class ClaimedPin:
                     args = dict(args, reply=True)
             if op == 'task':
                 self._tasks[self._seq] = route
+            elif op == 'release':
+                self._release_seq = self._seq
             try:
                 self.worker.conn.send_bytes(_dumps([self._seq, op, args, request_id]))
             except OSError:
@@ -166,7 +169,7 @@ class ClaimedPin:
             kind = message[0]
             if kind == 'ok':
                 result = message[2]
-                if self.status == 'releasing' and 'history' in result:
+                if message[1] == self._release_seq:
                     self.final = result
                     result = {k: result[k] for k in ('function', 'state', 'frequency', 'pull')}
                 self._answered(message[1], result, None)

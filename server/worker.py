@@ -288,7 +288,7 @@ class PinWorker:
                 task = running.task
                 elapsed = now - running.started
                 if task.done(elapsed):
-                    self._end_task('completed', switch_off=task.kind != 'off')
+                    self._end_task('completed', switch_off=True)
                     continue
                 if task.endless and (self.queue or self.closing):
                     self._end_task('stopped' if self.closing and not self.queue else 'replaced')
