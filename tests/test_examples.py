@@ -51,6 +51,49 @@ def test_two_servers_example(server, fresh_server):
     assert states(a) == states(b) == [0] + [1, 0] * 5
 
 
+def test_seed_examples(fresh_server):
+    import re
+    import socket
+    import threading
+    with socket.socket() as s:      # a free port for the seed's run_server(port=...)
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    seed_server = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, 'seed_server.py'),
+                                    str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+    try:
+        line = []
+        reader = threading.Thread(target=lambda: line.append(seed_server.stdout.readline()))
+        reader.start()
+        reader.join(30)
+        assert line and re.search(r'ready on .*:%d' % port, line[0]), line
+        env = dict(os.environ, REMOTEIO_HOST='127.0.0.1', REMOTEIO_PORT=str(port))
+        result = subprocess.run([sys.executable, os.path.join(EXAMPLES, 'seed_client.py')],
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        from conftest import wait_for
+        from remoteio_factory import server_status
+
+        def gpio4_free():
+            pins = {p['gpio']: p for p in server_status('127.0.0.1', port)['pins']}
+            return pins.get(4) if pins.get(4, {}).get('status') == 'free' else None
+        entry = wait_for(gpio4_free, 15, message='GPIO4 to be released')
+        changes = [(e['t'], e['state']) for e in entry['history'] if 'state' in e]
+        highs = [b[0] - a[0] for a, b in zip(changes, changes[1:]) if a[1] == 1]
+        assert abs(highs[0] - 2.0) < 0.01          # on(time_ms=2000), timed by the server
+    finally:
+        seed_server.terminate()
+        assert seed_server.wait(15) == 0
+
+
+def test_impulses_example(server):
+    result = run_example(server, 'impulses.py')
+    assert 'last task: completed' in result.stdout
+    assert 'lamp at 0.5' in result.stdout
+    (valve,) = server.wait_free(27)
+    assert len(states(valve)) >= 8
+
+
 def test_demo_runs(server):
     result = subprocess.run([sys.executable, os.path.join(EXAMPLES, 'demo.py'), '--seconds', '2'],
                             capture_output=True, text=True, timeout=120)
