@@ -5,6 +5,9 @@ The ``remoteio`` command: tools for a running remoteio server.
 mode and board, the connected clients, and every pin it has driven, with the
 last transitions. ``--json`` prints the same as the documented, stable JSON
 (``docs/protocol.md``, *status*) for scripts and monitoring.
+
+``remoteio drive GPIO17 high|low`` sets the level of an input on a server
+running the mock backend (a simulated button press, for tests and demos).
 """
 
 import argparse
@@ -66,6 +69,38 @@ def cmd_status(args):
         print_status(status, history=min(args.history, 5))
 
 
+LEVELS = {'high': 1, 'low': 0, '1': 1, '0': 0, 'on': 1, 'off': 0}
+
+
+def _gpio(text):
+    name = text.strip().upper()
+    for prefix in ('GPIO', 'BCM'):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    try:
+        return int(name)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'a GPIO, e.g. GPIO17 or 17, not {text!r}') from None
+
+
+def cmd_drive(args):
+    from remoteio_factory.connection import Connection
+    connection = Connection(args.host, args.port)
+    try:
+        connection.request('drive', pin=args.pin, state=LEVELS[args.level])
+    finally:
+        connection.close()
+    print(f'GPIO{args.pin} driven {args.level}')
+
+
+def _server_options(command):
+    command.add_argument('--host', default=os.environ.get('REMOTEIO_HOST', 'localhost'),
+                         help='server host (default: $REMOTEIO_HOST or %(default)s)')
+    command.add_argument('--port', type=int,
+                         default=int(os.environ.get('REMOTEIO_PORT', protocol.DEFAULT_PORT)),
+                         help='server port (default: $REMOTEIO_PORT or %(default)s)')
+
+
 def parser():
     p = argparse.ArgumentParser(
         prog='remoteio', description='Tools for a remoteio server (remoteio-factory).')
@@ -75,15 +110,22 @@ def parser():
         'status', help='show what the server is doing',
         description='Show the server\'s version, backend, mode and board, its clients, and '
                     'every pin it has driven with the last transitions.')
-    status.add_argument('--host', default=os.environ.get('REMOTEIO_HOST', 'localhost'),
-                        help='server host (default: $REMOTEIO_HOST or %(default)s)')
-    status.add_argument('--port', type=int,
-                        default=int(os.environ.get('REMOTEIO_PORT', protocol.DEFAULT_PORT)),
-                        help='server port (default: $REMOTEIO_PORT or %(default)s)')
+    _server_options(status)
     status.add_argument('--json', action='store_true', help='print the documented JSON form')
     status.add_argument('--history', type=int, default=20, metavar='N',
                         help='transitions per pin to fetch, 0 to 1000 (default: %(default)s)')
     status.set_defaults(run=cmd_status)
+    drive = sub.add_parser(
+        'drive', help='set the level of an input pin (mock backend only)',
+        description='Set the level of an input pin on a server running the mock backend, as '
+                    'if something were wired to it: e.g. press a Button on GPIO4 with '
+                    '"remoteio drive GPIO4 low" (a button to ground, pull-up). The pin need '
+                    'not be claimed yet. A real backend refuses: there, wire the pin.')
+    drive.add_argument('pin', type=_gpio, metavar='PIN', help='the GPIO, e.g. GPIO17 or 17')
+    drive.add_argument('level', choices=sorted(LEVELS), metavar='LEVEL',
+                       help='high or low (also 1/0, on/off)')
+    _server_options(drive)
+    drive.set_defaults(run=cmd_drive)
     return p
 
 

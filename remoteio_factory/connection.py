@@ -19,6 +19,7 @@ import os
 import socket
 import struct
 import threading
+import time
 import weakref
 
 from remoteio_factory import protocol
@@ -135,7 +136,11 @@ class Connection:
         if mode is not None:
             hello['mode'] = mode
         try:
+            sent = time.monotonic()
             self.hello = self.request('hello', timeout=connect_timeout, **hello)
+            received = time.monotonic()
+            #: The server's monotonic clock minus ours (edge times are converted with it).
+            self.clock_offset = self.hello['monotonic'] - (sent + received) / 2
         except Exception:
             self.close(graceful=False)
             raise

@@ -24,6 +24,7 @@ from time import monotonic
 from remoteio_factory import protocol
 from remoteio_factory.connection import (
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Connection)
+from remoteio_factory.events import EventDispatcher
 from remoteio_factory.exc import exception_for
 from remoteio_factory.pin import RemoteIOPin
 
@@ -91,6 +92,9 @@ class RemoteIOFactory(PiFactory):
             on_error=self._pin_failed, on_push=self._pushed,
             mode=mode or os.environ.get('REMOTEIO_MODE') or None)
         hello = self._connection.hello
+        self._events = EventDispatcher(
+            self._deliver_event, self._connection.clock_offset,
+            name=f'remoteio-events-{host}:{self._port}')
         self._revision = int(hello['revision'], 16)
         self._capabilities = dict(hello.get('capabilities') or {})
         self._server_info = hello
@@ -131,6 +135,7 @@ class RemoteIOFactory(PiFactory):
             return
         super().close()
         self._finalizer()
+        self._events.close()
 
     def status(self, history=20):
         """The server's status (see ``remoteio status --json``) as a dict."""
@@ -193,9 +198,17 @@ class RemoteIOFactory(PiFactory):
         if pin is not None:
             pin._failed(exc)
 
+    def _deliver_event(self, gpio, ticks, state):
+        # On the dispatcher thread (see events.py), so handlers may talk to the server.
+        pin = self._pin(gpio)
+        if pin is not None and pin._claimed:
+            pin._call_when_changed(ticks, state)
+
     def _pushed(self, message):
         # Runs on the connection's reader thread: only bookkeeping here.
-        if message.get('push') == 'pin_lost':
+        if message.get('push') == 'event':
+            self._events.put(message.get('pin'), message.get('t'), message.get('state'))
+        elif message.get('push') == 'pin_lost':
             pin = self._pin(message.get('pin'))
             if pin is not None:
                 pin._lost(exception_for(message.get('error') or {}))

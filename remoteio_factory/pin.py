@@ -22,12 +22,13 @@ import math
 import threading
 
 from gpiozero.exc import (
-    PinEdgeDetectUnsupported, PinFixedPull, PinInvalidFunction, PinInvalidPull,
-    PinInvalidState, PinPWMFixedValue, PinPWMUnsupported, PinSetInput)
+    PinEdgeDetectUnsupported, PinFixedPull, PinInvalidBounce, PinInvalidEdges,
+    PinInvalidFunction, PinInvalidPull, PinInvalidState, PinPWMFixedValue,
+    PinPWMUnsupported, PinSetInput)
 from gpiozero.pins.pi import PiPin
 
 from remoteio_factory.exc import RemoteIOFactoryClosed
-from remoteio_factory.protocol import FUNCTIONS, MAX_FREQUENCY, PULLS
+from remoteio_factory.protocol import EDGES, FUNCTIONS, MAX_BOUNCE, MAX_FREQUENCY, PULLS
 
 
 def _check_state(value):
@@ -56,6 +57,8 @@ class RemoteIOPin(PiPin):
         self._function = 'input'
         self._frequency = None
         self._pull = info.pull or 'floating'
+        self._bounce = None
+        self._edges = 'both'
         self._error = None
 
     # Claiming --------------------------------------------------------------
@@ -71,6 +74,8 @@ class RemoteIOPin(PiPin):
             self._function = reply['function']
             self._frequency = reply['frequency']
             self._pull = reply.get('pull') or self.info.pull or 'floating'
+            self._bounce = None
+            self._edges = 'both'
             self._error = None
             self._claimed = True
 
@@ -229,14 +234,56 @@ class RemoteIOPin(PiPin):
         if not active_high:
             fields['active_high'] = False
         handle = self.factory._connection.task(pin=self._gpio, task=kind, **fields)
-        if kind in ('pulse', 'value') and self._frequency is None:
+        starts_pwm = kind in ('pulse', 'value') or fields.get('fade_in_ms') or fields.get('fade_out_ms')
+        if starts_pwm and self._frequency is None:
             # the server starts PWM for these when the pin has none
             self._frequency = self.factory._connection.request('read', pin=self._gpio)['frequency']
         return handle
 
+    # Edges and events (detected on the server, pushed to us) ---------------
+
+    def _get_bounce(self):
+        return self._bounce
+
+    def _set_bounce(self, value):
+        if value is not None:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise PinInvalidBounce(f'bounce must be None or a number, not {value!r}') from None
+            if not 0 <= value <= MAX_BOUNCE:
+                raise PinInvalidBounce(f'bounce must be from 0 to {MAX_BOUNCE:g} s, not {value!r}')
+        if self._closed:
+            return
+        self._claim()
+        self._request('edges', edges=self._edges, bounce=value)
+        self._bounce = value
+
+    def _get_edges(self):
+        return self._edges
+
+    def _set_edges(self, value):
+        if value not in EDGES:
+            raise PinInvalidEdges(f'edges must be one of {", ".join(EDGES)}, not {value!r}')
+        if self._closed:
+            return
+        self._claim()
+        self._request('edges', edges=value, bounce=self._bounce)
+        self._edges = value
+
     def _enable_event_detect(self):
-        raise PinEdgeDetectUnsupported(
-            f'edge detection on {self!r} is not supported by this remoteio-factory version')
+        if not self.factory._capabilities.get('edges'):
+            raise PinEdgeDetectUnsupported(
+                f'the remoteio server\'s {self.factory.backend} backend has no edge detection')
+        if self._closed:
+            return
+        self._claim()
+        self._request('subscribe', events=True)
 
     def _disable_event_detect(self):
-        pass
+        # Fire and forget: called from close() and from the garbage collector too.
+        if self._claimed and not self._closed:
+            try:
+                self._post('subscribe', events=False)
+            except Exception:
+                pass

@@ -27,6 +27,9 @@ MAX_TIME_MS = 7 * 24 * 3600 * 1000
 MAX_COUNT = 10**9
 
 MODES = ('wait', 'nowait')
+EDGES = ('none', 'falling', 'rising', 'both')
+#: Longest debounce time (seconds) the server accepts.
+MAX_BOUNCE = 10.0
 FUNCTIONS = ('input', 'output')
 PULLS = ('up', 'down', 'floating')
 
@@ -52,6 +55,9 @@ ERROR_CODES = {
     'pwm_unsupported': 'PinPWMUnsupported',
     'pwm_fixed_value': 'PinPWMFixedValue',
     'edge_detect_unsupported': 'PinEdgeDetectUnsupported',
+    'invalid_edges': 'PinInvalidEdges',
+    'invalid_bounce': 'PinInvalidBounce',
+    'mock_only': 'RemoteIOError',                # drive: the backend is a real one
     'backend_error': 'RemoteIOPinError',
     'worker_died': 'RemoteIOPinError',
     'limit': 'RemoteIOError',
@@ -71,6 +77,8 @@ CODE_FOR_EXCEPTION = {
     'PinPWMUnsupported': 'pwm_unsupported',
     'PinPWMFixedValue': 'pwm_fixed_value',
     'PinEdgeDetectUnsupported': 'edge_detect_unsupported',
+    'PinInvalidEdges': 'invalid_edges',
+    'PinInvalidBounce': 'invalid_bounce',
 }
 
 
@@ -230,14 +238,18 @@ def get_ms(message, name, default=None):
 
 
 def get_bool(message, name, default=False):
-    value = message.get(name, default)
+    value = message.get(name)
+    if value is None:
+        return default
     if not isinstance(value, bool):
         raise ProtocolError('bad_request', f'field {name!r} must be true or false')
     return value
 
 
 def get_count(message, name, default, maximum):
-    value = message.get(name, default)
+    value = message.get(name)
+    if value is None:
+        return default
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
         raise ProtocolError(
             'bad_request', f'field {name!r} must be an integer from 0 to {maximum}')

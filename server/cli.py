@@ -20,6 +20,23 @@ def _env(name, default):
     return os.environ.get(f'REMOTEIO_SERVER_{name}', default)
 
 
+def _gpio_number(text):
+    text = text.strip().upper()
+    for prefix in ('GPIO', 'BCM'):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return int(text)
+
+
+def _wire(text):
+    try:
+        out, into = text.split(':')
+        return _gpio_number(out), _gpio_number(into)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'a wire is OUT:IN with two GPIO numbers, e.g. 17:27, not {text!r}') from None
+
+
 def parser():
     p = argparse.ArgumentParser(
         prog='remoteio-server',
@@ -44,6 +61,10 @@ def parser():
     p.add_argument('--revision', default=_env('REVISION', None),
                    help='board revision in hex for the mock backend, e.g. a02082 (Pi 3B, '
                         'the default), c03111 (Pi 4B), d04170 (Pi 5)')
+    p.add_argument('--mock-wire', action='append', default=[], metavar='OUT:IN', type=_wire,
+                   help='mock backend only: a virtual jumper wire; input pin IN follows '
+                        'output pin OUT (e.g. 17:27 or GPIO17:GPIO27). May be repeated. '
+                        'Also REMOTEIO_SERVER_MOCK_WIRE, comma-separated')
     p.add_argument('--max-clients', type=int, default=int(_env('MAX_CLIENTS', 64)),
                    help='connections served at once (default: %(default)s)')
     p.add_argument('--max-pins', type=int, default=int(_env('MAX_PINS', 64)),
@@ -74,6 +95,11 @@ def systemd_unit():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    if not args.mock_wire and _env('MOCK_WIRE', ''):
+        args.mock_wire = [_wire(w) for w in _env('MOCK_WIRE', '').split(',') if w.strip()]
+    if args.mock_wire and args.backend != 'mock':
+        parser().error('--mock-wire applies to --backend mock only: on a real Pi, connect '
+                       'the pins with a jumper wire')
     if args.print_unit:
         sys.stdout.write(systemd_unit())
         return
@@ -97,12 +123,13 @@ def main(argv=None):
     try:
         run_server(port=args.port, mode=args.mode, host=args.host, backend=args.backend,
                    revision=args.revision, ready=ready, max_message=args.max_message,
-                   max_clients=args.max_clients, max_pins=args.max_pins, spares=args.spares)
+                   max_clients=args.max_clients, max_pins=args.max_pins, spares=args.spares,
+                   mock_wires=args.mock_wire)
     except OSError as exc:
         print(f'remoteio-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}',
               file=sys.stderr)
         sys.exit(1)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         print(f'remoteio-server: {exc}', file=sys.stderr)
         sys.exit(1)
 

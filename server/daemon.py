@@ -46,13 +46,17 @@ class Server:
 
     def __init__(self, host='0.0.0.0', port=protocol.DEFAULT_PORT, backend='auto',
                  mode='wait', revision=None, max_message=protocol.MAX_MESSAGE,
-                 max_clients=64, max_pins=64, spares=2, shutdown_timeout=10.0):
+                 max_clients=64, max_pins=64, spares=2, shutdown_timeout=10.0, mock_wires=()):
         if mode not in MODES:
             raise ValueError(f'mode must be one of {", ".join(MODES)}, not {mode!r}')
         if backend != 'auto' and backend not in backends.BACKENDS:
             raise ValueError(f'backend must be auto or one of {", ".join(backends.BACKENDS)}')
         if revision is not None and backend != 'mock':
             raise ValueError('--revision applies to the mock backend only')
+        if mock_wires and backend != 'mock':
+            raise ValueError('--mock-wire applies to the mock backend only: on a real Pi, '
+                             'connect the pins with a jumper wire')
+        self.mock_wires = list(mock_wires)
         self.host = host
         self.port = port
         self.requested_backend = backend
@@ -89,8 +93,13 @@ class Server:
         self.capabilities = dict(backends.CAPABILITIES[backend])
         self.board_info = PiBoardInfo.from_revision(int(revision, 16))
         gpios = board_gpios(self.board_info)
+        for out, into in self.mock_wires:
+            for gpio in (out, into):
+                if gpio not in gpios:
+                    self.spawner.close()
+                    raise ValueError(f'--mock-wire: GPIO{gpio} is not a GPIO of this board')
         self.spawner.use(backend, revision if backend == 'mock' else None)
-        self.registry = Registry(self.spawner, gpios, gpios)
+        self.registry = Registry(self.spawner, gpios, gpios, self.mock_wires)
         self._listener = self._listen()
         self.port = self._listener.getsockname()[1]
         self.spawner.start()

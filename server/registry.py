@@ -66,6 +66,7 @@ class ClaimedPin:
         self.unsynced = False           # quiet writes sent since the last sync
         self._release_seq = None
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
 
     def attach(self, worker):
         """Bind the pin to its (ready) worker and start reading from it."""
@@ -89,22 +90,28 @@ class ClaimedPin:
         quiet_write = op == 'write' and getattr(route, 'quiet', False)
         with self._lock:
             if self.status == 'gone':
-                error = {'code': 'worker_died', 'message': f'the worker of GPIO{self.gpio} has ended'}
+                error = {'code': 'worker_died', 'type': 'RemoteIOPinError',
+                         'message': f'the worker of GPIO{self.gpio} has ended'}
                 route.finish(None, error)
                 return
             self._seq += 1
+            seq = self._seq
             if quiet_write:
                 self.unsynced = True
             else:
-                self._pending[self._seq] = route
+                self._pending[seq] = route
                 if op == 'write':
                     args = dict(args, reply=True)
             if op == 'task':
-                self._tasks[self._seq] = route
+                self._tasks[seq] = route
             elif op == 'release':
-                self._release_seq = self._seq
+                self._release_seq = seq
+        # Sent outside self._lock: a send may block until the worker reads, and
+        # the worker may first have to hand its answers to our reader, which
+        # needs self._lock.
+        with self._send_lock:
             try:
-                self.worker.conn.send_bytes(_dumps([self._seq, op, args, request_id]))
+                self.worker.conn.send_bytes(_dumps([seq, op, args, request_id]))
             except OSError:
                 pass  # the reader sees the worker's end and fails the pending routes
 
@@ -177,6 +184,13 @@ class ClaimedPin:
                 self._answered(message[1], None, message[2], message[3])
             elif kind == 'end':
                 self._task_ended(message[1], message[2], message[3])
+            elif kind == 'event':
+                owner = self.owner
+                if owner is not None:
+                    owner.send({'push': 'event', 'pin': self.gpio, 't': message[1],
+                                'state': message[2], 'n': message[3]})
+            elif kind == 'level':
+                self.registry.relay(self.gpio, message[1])
         # The worker has ended (released, died, or its claim failed).
         with self._lock:
             abandoned = self.status == 'abandoned'
@@ -184,7 +198,8 @@ class ClaimedPin:
             self.status = 'gone'
             leftover, self._pending = list(self._pending.values()), {}
             tasks, self._tasks = list(self._tasks.values()), {}
-        error = {'code': 'worker_died', 'message': f'the worker of GPIO{self.gpio} ended unexpectedly'}
+        error = {'code': 'worker_died', 'type': 'RemoteIOPinError',
+                 'message': f'the worker of GPIO{self.gpio} ended unexpectedly'}
         for route in leftover:
             route.finish(None, error)
         for route in tasks:
@@ -197,13 +212,25 @@ class ClaimedPin:
             self.registry.freed(self, died)
 
 
+class NoReply:
+    """Where the answer goes when nobody waits for it."""
+
+    def finish(self, result, error):
+        if error is not None:
+            log.warning('%s', error.get('message'))
+
+
 class Registry:
     """Owner of every claimed pin; see the module docstring."""
 
-    def __init__(self, spawner, gpios, names):
+    def __init__(self, spawner, gpios, names, wires=()):
         self.spawner = spawner
         self.gpios = frozenset(gpios)
         self.names = names           # gpio -> 'GPIO17'
+        self.wires = {}              # output gpio -> [input gpios] (mock backend only)
+        for out, into in wires:
+            self.wires.setdefault(out, []).append(into)
+        self.mock_levels = {}        # input gpio -> level last driven (mock backend only)
         self._claimed = {}
         self._released = {}          # gpio -> last snapshot of a freed pin
         self._lock = threading.Lock()
@@ -239,7 +266,9 @@ class Registry:
                 'backend_error', f'cannot start a worker for GPIO{gpio}: {exc}') from None
         pin.attach(worker)
         try:
-            state = pin.call('claim', {'gpio': gpio, 'mode': session.mode})
+            state = pin.call('claim', {'gpio': gpio, 'mode': session.mode,
+                                       'report_levels': gpio in self.wires,
+                                       'level': self.mock_levels.get(gpio)})
         except (ProtocolError, TimeoutError):
             pin.status = 'abandoned'
             worker.kill(grace=0)
@@ -249,6 +278,21 @@ class Registry:
             raise
         pin.status = 'claimed'
         return pin, state
+
+    def drive(self, gpio, level, route):
+        """Set a mock input's level now, or when its pin is next claimed."""
+        self.mock_levels[gpio] = level
+        with self._lock:
+            pin = self._claimed.get(gpio)
+        if pin is not None and pin.status in ('claimed', 'releasing'):
+            pin.forward('drive', {'state': level}, route)
+        else:
+            route.finish({}, None)
+
+    def relay(self, out, level):
+        """A wired output changed: drive the inputs it is wired to (``--mock-wire``)."""
+        for into in self.wires.get(out, ()):
+            self.drive(into, level, NoReply())
 
     def freed(self, pin, died):
         final = pin.final

@@ -86,6 +86,9 @@ class Session:
             'pull': self.on_pull,
             'read': self.on_read,
             'task': self.on_task,
+            'edges': self.on_edges,
+            'subscribe': self.on_subscribe,
+            'drive': self.on_drive,
             'status': self.on_status,
             'bye': self.on_bye,
         }
@@ -158,7 +161,7 @@ class Session:
                 raise ProtocolError('shutting_down', 'the server is shutting down')
             handler(id, message)
         except (ProtocolError, TimeoutError) as exc:
-            code = getattr(exc, 'code', 'backend_error')
+            code = getattr(exc, 'code', 'timeout')
             pin = message.get('pin') if isinstance(message, dict) else None
             valid_pin = isinstance(pin, int) and not isinstance(pin, bool)
             self.send(error_reply(id, code, str(exc), pin=pin if valid_pin else None))
@@ -220,13 +223,13 @@ class Session:
                 'unsupported_protocol',
                 f'this server speaks protocol {protocol.PROTOCOL_VERSION}, not {wanted!r}')
         mode = protocol.get_str(message, 'mode', MODES, required=False)
-        if mode is not None:
-            self.mode = mode
         client = message.get('client')
+        if client is not None and not isinstance(client, str):
+            raise ProtocolError('bad_request', "field 'client' must be a string")
         if client is not None:
-            if not isinstance(client, str):
-                raise ProtocolError('bad_request', "field 'client' must be a string")
             self.client = client[:100]
+        if mode is not None:
+            self.mode = mode          # for the pins claimed from now on
         self.greeted = True
         self.reply(id, **self.server.hello_info(self))
 
@@ -296,6 +299,32 @@ class Session:
             raise ProtocolError('pwm_unsupported', f'{kind} needs PWM; the {self.server.backend} '
                                                    f'backend has none')
         self.forward(id, message, 'task', args)
+
+    def on_edges(self, id, message):
+        edges = protocol.get_str(message, 'edges', protocol.EDGES, 'invalid_edges')
+        bounce = message.get('bounce')
+        if bounce is not None and (not protocol.is_number(bounce)
+                                   or not 0 <= bounce <= protocol.MAX_BOUNCE):
+            raise ProtocolError('invalid_bounce', f"field 'bounce' must be null or a number of "
+                                                  f'seconds from 0 to {protocol.MAX_BOUNCE}')
+        self.forward(id, message, 'edges', {'edges': edges, 'bounce': bounce})
+
+    def on_subscribe(self, id, message):
+        events = protocol.get_bool(message, 'events', True)
+        if events and not self.server.capabilities['edges']:
+            raise ProtocolError('edge_detect_unsupported',
+                                f'the {self.server.backend} backend has no edge detection')
+        self.forward(id, message, 'subscribe', {'events': events})
+
+    def on_drive(self, id, message):
+        if self.server.backend != 'mock':
+            raise ProtocolError('mock_only', 'drive works on the mock backend only: on a real '
+                                             'Pi, the level of an input comes from its wiring')
+        gpio = protocol.get_gpio(message, self.server.registry.gpios)
+        state = message.get('state')
+        if state not in (0, 1) or isinstance(state, float):
+            raise ProtocolError('invalid_state', "field 'state' must be 0 or 1")
+        self.server.registry.drive(gpio, int(state), ClientReply(self, id, False, gpio))
 
     def on_status(self, id, message):
         history = protocol.get_count(message, 'history', 20, 1000)

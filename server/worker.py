@@ -41,6 +41,7 @@ import logging
 import os
 import select
 import signal
+import threading
 import time
 from collections import deque
 
@@ -63,7 +64,9 @@ DEFAULT_PWM_FREQUENCY = 100.0
 
 #: Jobs answered with a result when they have run (the others are acknowledged
 #: when accepted, with ``done``).
-RESULT_OPS = frozenset({'setup', 'frequency', 'pull', 'release'})
+RESULT_OPS = frozenset({'setup', 'frequency', 'pull', 'edges', 'subscribe', 'release'})
+#: Backends whose pins do no debouncing of their own: the worker does it.
+SOFTWARE_BOUNCE = frozenset({'mock', 'native'})
 
 
 def _dumps(message):
@@ -97,12 +100,22 @@ class Job:
 class PinWorker:
     """Carries out the jobs for one pin; see the module docstring."""
 
-    def __init__(self, conn, factory, gpio, backend, mode):
+    def __init__(self, conn, factory, gpio, backend, mode, report_levels=False):
         self.conn = conn
         self.factory = factory
         self.gpio = gpio
         self.mode = mode
+        self.backend = backend
         self.pwm_capable = CAPABILITIES[backend]['pwm']
+        # Edge events arrive on the backend's own thread: one lock for what
+        # both threads touch (the history and the pipe).
+        self._lock = threading.RLock()
+        self.report_levels = report_levels   # this pin drives a --mock-wire
+        self.bounce = None
+        self.mock_level = None               # last level driven from the network (mock)
+        self.events = 0
+        self._last_event = None
+        self._soft_bounce = backend in SOFTWARE_BOUNCE
         self.pin = factory.pin(gpio)
         self.history = deque(maxlen=HISTORY_LENGTH)
         self.writes = 0
@@ -119,6 +132,8 @@ class PinWorker:
             'setup': self.run_setup,
             'frequency': self.run_frequency,
             'pull': self.run_pull,
+            'edges': self.run_edges,
+            'subscribe': self.run_subscribe,
             'release': self.run_release,
         }
 
@@ -137,17 +152,21 @@ class PinWorker:
             'pull': pin.pull if function == 'input' else None,
         }
 
-    def _record(self):
+    def _record(self, now=None):
         """Append to the history every property that changed since last time."""
-        now = time.monotonic()
-        current = self.read_state()
-        for key in ('function', 'frequency', 'state'):
-            value = current[key]
-            if isinstance(value, bool):
-                value = int(value)
-            if self._last.get(key, ()) != value:
-                self._last[key] = value
-                self.history.append({'t': now, key: value})
+        with self._lock:
+            if now is None:
+                now = time.monotonic()
+            current = self.read_state()
+            for key in ('function', 'frequency', 'state'):
+                value = current[key]
+                if isinstance(value, bool):
+                    value = int(value)
+                if self._last.get(key, ()) != value:
+                    self._last[key] = value
+                    self.history.append({'t': now, key: value})
+                    if key == 'state' and self.report_levels:
+                        self.send(['level', int(value >= 0.5)])
         # MockPin keeps every change it has ever seen; a daemon must not grow.
         states = getattr(self.pin, 'states', None)
         if isinstance(states, list) and len(states) > 64:
@@ -157,6 +176,9 @@ class PinWorker:
     def snapshot(self, history=HISTORY_LENGTH):
         result = self.read_state()
         result['writes'] = self.writes
+        result['events'] = self.events
+        result['edges'] = self.pin.edges if self.pin.function == 'input' else None
+        result['bounce'] = self.bounce
         result['worker_pid'] = os.getpid()
         result['closing'] = self.closing
         result['mode'] = self.mode
@@ -164,7 +186,7 @@ class PinWorker:
         if running is not None:
             elapsed = time.monotonic() - running.started
             remaining = None if running.task.endless else max(0.0, running.task.end - elapsed)
-            result['task'] = {'id': running.seq, 'kind': running.task.kind,
+            result['task'] = {'id': running.request_id, 'kind': running.task.kind,
                               'description': running.task.describe(),
                               'elapsed': elapsed, 'remaining': remaining}
         else:
@@ -189,6 +211,7 @@ class PinWorker:
             self.pin.input_with_pull(args['pull'])
         else:
             self.pin.function = function
+        self._redrive()
         return self._record()
 
     def run_frequency(self, args):
@@ -199,12 +222,58 @@ class PinWorker:
 
     def run_pull(self, args):
         self.pin.pull = args['pull']
+        self._redrive()
         return self._record()
+
+    def run_edges(self, args):
+        pin = self.pin
+        pin.edges = args['edges']
+        pin.bounce = args['bounce']
+        self.bounce = args['bounce']
+        return self._record()
+
+    def run_subscribe(self, args):
+        self.pin.when_changed = self._on_change if args['events'] else None
+        return self._record()
+
+    def _on_change(self, ticks, state):
+        """The backend saw an edge (on its own thread, or on ours for mock)."""
+        factory = self.factory
+        # the edge's time on the server's monotonic clock, whatever the backend's ticks are
+        now = time.monotonic()
+        t = now - factory.ticks_diff(factory.ticks(), ticks)
+        with self._lock:
+            if self._soft_bounce and self.bounce and self._last_event is not None \
+                    and t - self._last_event < self.bounce:
+                return
+            self._last_event = t
+            self.events += 1
+            self._record(now)
+            self.send(['event', t, int(bool(state)), self.events])
+
+    def drive(self, level):
+        """Set the level of a mock input (``remoteio drive``, ``--mock-wire``)."""
+        if self.backend != 'mock':
+            raise PinSetInput('only the mock backend can drive a pin from the network')
+        if self.pin.function != 'input':
+            raise PinSetInput(f'cannot drive {self.pin!r}: it is not an input')
+        self.mock_level = level
+        if level:
+            self.pin.drive_high()
+        else:
+            self.pin.drive_low()
+        self._record()
+
+    def _redrive(self):
+        """A driven mock input keeps its level when its pull changes (the driver wins)."""
+        if self.mock_level is not None and self.pin.function == 'input':
+            self.drive(self.mock_level)
 
     def run_release(self, args):
         """Stop PWM and return the pin to an input, as gpiozero closes a pin."""
         pin = self.pin
         try:
+            pin.when_changed = None
             if pin.frequency is not None:
                 pin.frequency = None
                 self._record()
@@ -288,10 +357,13 @@ class PinWorker:
                 task = running.task
                 elapsed = now - running.started
                 if task.done(elapsed):
-                    self._end_task('completed', switch_off=True)
+                    # "then off", unless another timed task follows at once and
+                    # sets its own level (no glitch between back-to-back tasks)
+                    follows = bool(self.queue) and self.queue[0].task is not None
+                    self._end_task('completed', switch_off=not follows)
                     continue
                 if task.endless and (self.queue or self.closing):
-                    self._end_task('stopped' if self.closing and not self.queue else 'replaced')
+                    self._end_task('stopped' if self.closing else 'replaced')
                     continue
                 try:
                     level, change = task.at(elapsed)
@@ -336,6 +408,13 @@ class PinWorker:
             self.send(['ok', seq, self.snapshot(args.get('history', HISTORY_LENGTH))])
         elif op == 'sync':
             self.send(['ok', seq, {}])
+        elif op == 'drive':
+            try:
+                self.drive(args['state'])
+            except Exception as exc:
+                self.send(['err', seq, describe_error(exc), request_id])
+            else:
+                self.send(['ok', seq, {}])
         elif op == 'task':
             self.send(['ok', seq, {}])   # accepted; its end is reported with 'end'
             self.submit(Job(seq, op, args, request_id, Task(**args)))
@@ -343,7 +422,9 @@ class PinWorker:
             self.submit(Job(seq, op, args, request_id))
 
     def send(self, message):
-        self.conn.send_bytes(_dumps(message))
+        data = _dumps(message)
+        with self._lock:
+            self.conn.send_bytes(data)
 
     def run(self):
         """Serve the pin until it is released or the server goes away."""
@@ -391,9 +472,12 @@ def main(conn, backend, revision):
         factory.close()
         return
     try:
-        worker = PinWorker(conn, factory, args['gpio'], backend, args.get('mode', 'wait'))
+        worker = PinWorker(conn, factory, args['gpio'], backend, args.get('mode', 'wait'),
+                           args.get('report_levels', False))
+        if args.get('level') is not None:      # a mock input's level, set before the claim
+            worker.drive(args['level'])
     except Exception as exc:
-        conn.send_bytes(_dumps(['err', seq, describe_error(exc)]))
+        conn.send_bytes(_dumps(['err', seq, describe_error(exc), None]))
         factory.close()
         return
     worker.send(['ok', seq, worker.read_state()])

@@ -17,7 +17,7 @@ import time
 import pytest
 from gpiozero import PinInvalidPin
 
-from conftest import start_script, states, transitions, wait_for
+from conftest import start_script, wait_for
 from remoteio_factory import LED, PWMLED, RemoteIOPinError, RemoteServer
 
 TOLERANCE = 0.010
@@ -74,6 +74,15 @@ def test_wait_mode_runs_tasks_one_after_another(remote, server):
     assert abs(runs[0][0] - 0.100) < TOLERANCE
     assert abs(runs[1][0] - 0.050) < TOLERANCE
     assert abs(runs[2][0] - 0.100) < TOLERANCE
+
+
+def test_back_to_back_impulses_have_no_glitch(remote, server):
+    pin = remote.pin(26, 'g')
+    pin.on(time_ms=50)
+    pin.on(time_ms=50).wait(5)
+    runs = durations(server.pin(26))
+    assert [s for _, s in runs] == [1]            # one 100 ms high, not two with a gap
+    assert abs(runs[0][0] - 0.100) < TOLERANCE
 
 
 def test_wait_mode_endless_task_ends_when_the_next_arrives(remote, server):
@@ -157,6 +166,7 @@ SEND_AND_LEAVE = """
     remote = RemoteServer('127.0.0.1', int(os.environ['REMOTEIO_PORT']))
     pin = remote.pin(13, 'g')
     pin.on(time_ms=300)
+    pin.off(time_ms=50)
     pin.blink(arg1=0.02, arg2=0.02, n=2)
     pin.blink()                       # endless: stopped by the soft close
     print('ready', flush=True)
@@ -176,8 +186,9 @@ def test_soft_close_carries_out_what_was_sent(server, how):
     client.wait(10)
     (entry,) = server.wait_free(13)
     runs = durations(entry)
-    assert [s for _, s in runs][:4] == [1, 0, 1, 0]
+    assert [s for _, s in runs] == [1, 0, 1, 0, 1]   # the endless blink never started
     assert abs(runs[0][0] - 0.300) < TOLERANCE
+    assert abs(runs[1][0] - 0.050) < TOLERANCE
     assert abs(runs[2][0] - 0.020) < TOLERANCE
     assert entry['function'] == 'input'
 
@@ -192,8 +203,9 @@ def test_drop_in_led_on_remote_pin_is_one_server_task(factory, server):
         entry = server.pin(16)
         assert entry['writes'] == 0           # no plain writes: every change was a task
         runs = durations(entry)
-        assert abs(runs[0][0] - 0.080) < TOLERANCE
-        assert [s for _, s in runs][:7] == [1, 0, 1, 0, 1, 0, 1]
+        # the 80 ms impulse runs straight into the blink's first 20 ms on
+        assert abs(runs[0][0] - 0.100) < TOLERANCE
+        assert [s for _, s in runs][:5] == [1, 0, 1, 0, 1]
     finally:
         led.close()
 
