@@ -30,6 +30,28 @@ mock`` (two spare workers, the default) and a plain Python TCP echo server
    Private_Dirty) and PSS from ``/proc/PID/smaps_rollup`` of the same
    processes; total (target: USS ≤ 100 MB) and the median per worker.
 
+7. **Timed task, 1 pin busy**: ``RemoteServer(...).pin(17, 'g').on(time_ms=100)``,
+   waited for, 40 times (10 with --quick); the error of each pulse's length
+   (its 0 edge − its 1 edge − 100 ms) from the server's per-pin history (the
+   worker records each change right after making it). Signed median, and p99
+   and max of |error|, in ms (target: p99 ≤ 1 ms). For comparison, the seed
+   project's server: +3.9 ms median, +9.5 ms max with 8 pins.
+8. **Timed task, 26 pins busy**: the same on GPIO 2..27 at once, 20 rounds
+   (5 with --quick); every pulse's error together (target: p99 ≤ 1 ms).
+9. **Blink edges**: GPIO 2..27 all blinking at 10 Hz (50 ms on, 50 ms off)
+   for *n* cycles, 10 s (3 s with --quick); from the history, each period
+   between rising edges − 100 ms (signed median, p99 and max of |error|;
+   target: p99 ≤ 1 ms) and each rising edge's drift from the first one plus
+   k × 100 ms (max |drift|).
+10. **gpiozero's PWMLED.pulse**: ``PWMLED(18).pulse(0.5, 0.5, n=6,
+    background=False)`` (n=2 with --quick) through a factory and on a local
+    ``MockFactory(pin_class=MockPWMPin)``: the cycle length (wall clock / n)
+    and the rate of state changes (server history, resp. the mock pin's
+    ``states``), remote against local (target: ratio 0.98–1.02).
+
+Phases 7 to 9 also count tasks that did not complete and edges that are
+missing or extra (target 0).
+
 It prints a table (figure, value, baseline, ratio, target, result) and
 writes everything, with the raw statistics and a description of the
 machine, as JSON (default ``bench/results/latest.json``). The server's log
@@ -42,13 +64,14 @@ Exit status: 0 every target met, 1 a target missed, 2 a measurement failed.
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from remoteio_factory import RemoteIOFactory
+from remoteio_factory import RemoteIOFactory, RemoteServer
 
 from bench import figures, harness
 from bench.figures import Figure, format_number
@@ -58,6 +81,8 @@ SPARES = 2
 ROUND_TRIP_GPIO = 17
 PIPELINE_GPIOS = [17, 5, 6, 12, 13, 16, 20, 21]
 CLAIM_GPIOS = list(range(2, 28))
+TASK_GPIO = 17
+TASK_GPIOS = list(range(2, 28))
 #: How long to wait for the server's workers to come and go between phases.
 SETTLE_TIMEOUT = 20.0
 
@@ -135,6 +160,73 @@ def measure_claimed(run, server):
         factory.close()
 
 
+def claim_task_pins(run, server, remote, gpios, phase):
+    """Claim *gpios* as RemotePins; wait until the server's spares are back (bounded)."""
+    pins = [remote.pin(gpio, 'g') for gpio in gpios]
+    workers = harness.wait_for_workers(server.pid, len(pins) + SPARES, SETTLE_TIMEOUT)
+    run.details.setdefault('task_settling', {})[phase] = workers
+    return pins
+
+
+def measure_on_1_pin(run, server):
+    """Phase 7, on its own connection."""
+    seed = figures.SEED_ON_100MS
+    remote = RemoteServer(harness.HOST, server.port)
+    try:
+        pins = claim_task_pins(run, server, remote, [TASK_GPIO], 'on_1_pin')
+        details = run.measure('on_1_pin', lambda: figures.measure_on_tasks(
+            remote, pins, run.plan.on_repeats, run.plan.loop_seconds, 'on_1',
+            'on(time_ms=100) error, 1 pin', note=seed['text']))
+        if details is not None:
+            details['seed_server'] = seed
+    finally:
+        remote.close()
+
+
+def measure_26_pins(run, server):
+    """Phases 8 and 9, on one connection holding GPIO 2..27."""
+    seed = figures.SEED_ON_100MS
+    remote = RemoteServer(harness.HOST, server.port)
+    try:
+        pins = claim_task_pins(run, server, remote, TASK_GPIOS, 'on_26_pins')
+        details = run.measure('on_26_pins', lambda: figures.measure_on_tasks(
+            remote, pins, run.plan.on_rounds, run.plan.loop_seconds, 'on_26',
+            f'on(time_ms=100) error, {len(pins)} pins', note=seed['text']))
+        if details is not None:
+            details['seed_server'] = seed
+        run.measure('blink_26_pins', lambda: figures.measure_blink(
+            remote, pins, run.plan.blink_seconds))
+    finally:
+        remote.close()
+
+
+def measure_pulse(run, server):
+    """Phase 10."""
+    factory = RemoteIOFactory(harness.HOST, server.port)
+    try:
+        run.measure('pulse', lambda: figures.measure_pulse(factory, run.plan.pulse_cycles))
+    finally:
+        factory.close()
+
+
+def measure_tasks(run, server):
+    """Phases 7 to 10, each after the server's workers have settled to the spares."""
+    settling = run.details.setdefault('task_settling', {})
+    for phase, measurement in (('tasks_1_pin', measure_on_1_pin),
+                               ('tasks_26_pins', measure_26_pins),
+                               ('pulse', measure_pulse)):
+        try:
+            if server.process.poll() is not None:
+                raise RuntimeError(f'the server has ended (exit code {server.process.returncode})')
+            settling[f'before_{phase}'] = harness.wait_for_workers(server.pid, SPARES,
+                                                                   SETTLE_TIMEOUT)
+            # Timing figures suffer from whatever else runs on the machine.
+            settling[f'load_average_before_{phase}'] = os.getloadavg()
+            measurement(run, server)
+        except Exception as exc:
+            run.fail(phase, exc)
+
+
 def measure_all(run, results_dir):
     echo = server = None
     stops = {}
@@ -158,6 +250,10 @@ def measure_all(run, results_dir):
             measure_claimed(run, server)
         except Exception as exc:
             run.fail('claimed', exc)
+        try:
+            measure_tasks(run, server)
+        except Exception as exc:
+            run.fail('tasks', exc)
     except Exception as exc:
         run.fail('setup', exc)
     finally:

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from gpiozero import OutputDevice
+from gpiozero import OutputDevice, PWMLED
+from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from bench import harness
 
@@ -27,18 +28,28 @@ WARMUP = 200
 
 @dataclass(frozen=True)
 class Target:
-    """A limit on a figure's value, or on its ratio to the baseline."""
+    """
+    A limit on a figure's value, or on its ratio to the baseline; with
+    *lower*, a range: ``lower ≤ number ≤ limit``.
+    """
     limit: float
     at_most: bool = True
     on_ratio: bool = False
+    lower: Optional[float] = None
 
     def met_by(self, figure):
         number = figure.ratio if self.on_ratio else figure.value
         if number is None:
             return None
+        if self.lower is not None:
+            return self.lower <= number <= self.limit
         return number <= self.limit if self.at_most else number >= self.limit
 
     def describe(self, unit):
+        if self.lower is not None:
+            if self.on_ratio:
+                return f'{self.lower:.2f}–{self.limit:.2f}×'
+            return f'{format_number(self.lower, unit)}–{format_number(self.limit, unit)}'
         sign = '≤' if self.at_most else '≥'
         if self.on_ratio:
             return f'{sign} {self.limit:.1f}×'
@@ -104,12 +115,22 @@ class Plan:
     idle_seconds: float
     #: Upper bound on the time of any one timed loop.
     loop_seconds: float
+    #: on(time_ms=100) tasks run one after another on one pin.
+    on_repeats: int
+    #: Rounds of on(time_ms=100) on 26 pins at once.
+    on_rounds: int
+    #: How long the 26 pins blink at 10 Hz.
+    blink_seconds: float
+    #: Cycles of PWMLED.pulse (1 s each), remote and local.
+    pulse_cycles: int
 
 
 QUICK = Plan('quick', echo_round_trips=3000, write_read_pairs=1500, reads=1500,
-             pipelined_writes=20000, idle_seconds=2.0, loop_seconds=8.0)
+             pipelined_writes=20000, idle_seconds=2.0, loop_seconds=8.0,
+             on_repeats=10, on_rounds=5, blink_seconds=3.0, pulse_cycles=2)
 FULL = Plan('full', echo_round_trips=20000, write_read_pairs=10000, reads=10000,
-            pipelined_writes=100000, idle_seconds=5.0, loop_seconds=30.0)
+            pipelined_writes=100000, idle_seconds=5.0, loop_seconds=30.0,
+            on_repeats=40, on_rounds=20, blink_seconds=10.0, pulse_cycles=6)
 
 
 # Helpers -----------------------------------------------------------------------
@@ -413,5 +434,292 @@ def measure_memory(server_pid, claimed):
                        for role, pids in roles.items()},
         'per_process_kb': {str(pid): dict(kb, cmd=harness.command_line(pid)[:80])
                            for pid, kb in memory.items()},
+    }
+    return figures, details
+
+
+# 7–9. Server-timed tasks ---------------------------------------------------------
+# The timing is read from the server's per-pin history: each state change is
+# recorded by the pin's worker, on its monotonic clock, right after the change.
+# Only the entries after a mark (the time of each pin's last entry before the
+# measurement) count, so earlier phases and claims do not mix in.
+
+#: History entries the server keeps per pin (and the most ``status`` returns).
+HISTORY_LENGTH = 1000
+ON_MS = 100
+BLINK_ON_S = BLINK_OFF_S = 0.05
+#: Extra seconds to wait for a task's end beyond its own length.
+TASK_WAIT_MARGIN = 5.0
+#: What the seed project's server did, for comparison (not a baseline: a
+#: different server, measured elsewhere).
+SEED_ON_100MS = {'pins': 8, 'median_ms': 3.9, 'max_ms': 9.5,
+                 'text': 'seed server, 8 pins: +3.9 ms median, +9.5 ms max'}
+
+
+def histories(factory, gpios):
+    """``{gpio: history}`` of *gpios* from the server's ``status``."""
+    status = factory.status(history=HISTORY_LENGTH)
+    by_gpio = {pin['gpio']: pin.get('history') or [] for pin in status['pins']}
+    return {gpio: by_gpio.get(gpio, []) for gpio in gpios}
+
+
+def history_marks(factory, gpios):
+    """``{gpio: t of its last history entry}``: what comes later is the measurement's."""
+    return {gpio: history[-1]['t'] if history else float('-inf')
+            for gpio, history in histories(factory, gpios).items()}
+
+
+def state_changes(history, mark):
+    """``[(t, state)]`` of the state changes after *mark*; raises if some were dropped."""
+    if len(history) >= HISTORY_LENGTH and history[0]['t'] > mark:
+        raise RuntimeError(f'the server history ({HISTORY_LENGTH} entries per pin) overflowed: '
+                           'changes after the mark were dropped')
+    return [(entry['t'], entry['state']) for entry in history
+            if 'state' in entry and entry['t'] > mark]
+
+
+def pulse_errors(changes, seconds):
+    """
+    Pair each change to 1 with the change to 0 right after it; return
+    (signed errors of the pulse lengths against *seconds*, changes not paired).
+    """
+    errors, unpaired, i = [], 0, 0
+    while i < len(changes):  # at most len(changes) steps, each consumes 1 or 2
+        if changes[i][1] == 1 and i + 1 < len(changes) and changes[i + 1][1] == 0:
+            errors.append(changes[i + 1][0] - changes[i][0] - seconds)
+            i += 2
+        else:
+            unpaired += 1
+            i += 1
+    return errors, unpaired
+
+
+def error_summary_ms(errors_s):
+    """Signed median, and p99 / max of the absolute errors, in ms (plus the rest, for the JSON)."""
+    if not errors_s:
+        return {'count': 0, 'median': None, 'p99_abs': None, 'max_abs': None}
+    signed = sorted(e * 1000 for e in errors_s)
+    absolute = sorted(abs(e) for e in signed)
+    return {
+        'count': len(signed),
+        'median': statistics.median(signed),
+        'mean': statistics.fmean(signed),
+        'min': signed[0],
+        'max': signed[-1],
+        'median_abs': statistics.median(absolute),
+        'p99_abs': percentile(absolute, 99),
+        'max_abs': absolute[-1],
+    }
+
+
+def error_rows(key, label, stats, note=''):
+    """Rows for signed median, p99 |error| (target ≤ 1 ms) and max |error|."""
+    count = stats['count']
+    return [
+        Figure(f'{key}_median_ms', f'{label}, median of {count} (signed)', stats['median'], 'ms',
+               note=note),
+        Figure(f'{key}_p99_ms', f'{label}, p99 |error|', stats['p99_abs'], 'ms',
+               target=Target(1.0)),
+        Figure(f'{key}_max_ms', f'{label}, max |error|', stats['max_abs'], 'ms'),
+    ]
+
+
+def switch_off(remote, pins):
+    """
+    Drive every one of *pins* low (an ``off`` task, waited for) so that the
+    first rising edge of a measurement is a change the history records; return
+    the GPIOs that were high before (``RemoteServer.pin`` makes a pin an output
+    without setting its level: GPIO2 and 3 have pull-ups and start high).
+    """
+    status = remote.factory.status(history=0)
+    high = sorted(pin['gpio'] for pin in status['pins']
+                  if pin['gpio'] in {p.gpio for p in pins} and pin.get('state'))
+    for handle in [pin.off() for pin in pins]:
+        handle.wait(TASK_WAIT_MARGIN)
+    return high
+
+
+def run_on_round(pins, time_ms):
+    """on(time_ms) on every one of *pins* at once; wait for all; return how each ended."""
+    handles = [pin.on(time_ms=time_ms) for pin in pins]
+    timeout = time_ms / 1000 + TASK_WAIT_MARGIN
+    return [handle.wait(timeout) for handle in handles]
+
+
+def measure_on_tasks(remote, pins, rounds, seconds, key, label, note=''):
+    """
+    *rounds* rounds of ``on(time_ms=100)`` on all *pins* (RemotePins of
+    *remote*) at once, one round after the other (each waits for every task
+    to complete), bounded by *seconds*; the duration error of every pulse
+    from the server's history.
+    """
+    factory = remote.factory
+    gpios = [pin.gpio for pin in pins]
+    high_before = switch_off(remote, pins)
+    marks = history_marks(factory, gpios)
+    results = []
+    deadline = time.monotonic() + seconds
+    done_rounds = 0
+    for _ in range(rounds):
+        results.extend(run_on_round(pins, ON_MS))
+        done_rounds += 1
+        if time.monotonic() > deadline:
+            break
+    after = histories(factory, gpios)
+
+    errors, per_pin, unpaired, missing, worst = [], {}, 0, 0, []
+    for gpio in gpios:
+        pin_errors, pin_unpaired = pulse_errors(state_changes(after[gpio], marks[gpio]),
+                                                ON_MS / 1000)
+        worst.extend((abs(e), gpio, k) for k, e in enumerate(pin_errors))
+        errors.extend(pin_errors)
+        unpaired += pin_unpaired
+        missing += abs(done_rounds - len(pin_errors))
+        per_pin[gpio] = error_summary_ms(pin_errors)
+    not_completed = sum(1 for result in results if result != 'completed')
+    stats = error_summary_ms(errors)
+    figures = error_rows(key, label, stats, note) + [
+        Figure(f'{key}_faulty', f'{label}: tasks not completed or edges amiss',
+               not_completed + unpaired + missing, 'count', target=Target(0)),
+    ]
+    details = {
+        'pins': gpios, 'rounds': done_rounds, 'tasks': len(results), 'time_ms': ON_MS,
+        'error_ms': stats, 'error_ms_per_pin': per_pin,
+        'results': {result: results.count(result) for result in set(results)},
+        'not_completed': not_completed, 'unpaired_changes': unpaired,
+        'pulses_missing_or_extra': missing, 'pins_high_before_switching_off': high_before,
+        # The ten largest |errors|: (ms, gpio, index of the pulse on that pin).
+        'worst_errors': [(round(e * 1000, 3), gpio, k)
+                         for e, gpio, k in sorted(worst, reverse=True)[:10]],
+        'errors_ms': [round(e * 1000, 4) for e in errors],
+    }
+    return figures, details
+
+
+def measure_blink(remote, pins, seconds, key='blink_26'):
+    """
+    Every one of *pins* blinks at 10 Hz (50 ms on, 50 ms off) for *n* cycles
+    (about *seconds*), all at once; from the server's history: the error of
+    each period between rising edges, and each rising edge's drift from
+    where the first one says it should be.
+    """
+    factory = remote.factory
+    gpios = [pin.gpio for pin in pins]
+    period = BLINK_ON_S + BLINK_OFF_S
+    cycles = max(2, round(seconds / period))
+    high_before = switch_off(remote, pins)
+    marks = history_marks(factory, gpios)
+    started = time.monotonic()
+    handles = [pin.blink(time_ms=0, arg1=BLINK_ON_S, arg2=BLINK_OFF_S, n=cycles) for pin in pins]
+    timeout = cycles * period + TASK_WAIT_MARGIN
+    results = [handle.wait(max(0.0, started + timeout - time.monotonic())) for handle in handles]
+    elapsed = time.monotonic() - started
+    after = histories(factory, gpios)
+
+    period_errors, drifts, per_pin, missing, worst = [], [], {}, 0, []
+    for gpio in gpios:
+        rises = [t for t, state in state_changes(after[gpio], marks[gpio]) if state == 1]
+        missing += abs(cycles - len(rises))
+        pin_periods = [b - a - period for a, b in zip(rises, rises[1:])]
+        worst.extend((abs(e), gpio, k + 1, rises[k + 1] - started) for k, e in
+                     enumerate(pin_periods))
+        pin_drifts = [t - rises[0] - k * period for k, t in enumerate(rises)]
+        period_errors.extend(pin_periods)
+        drifts.extend(pin_drifts[1:])
+        per_pin[gpio] = {
+            'rising_edges': len(rises),
+            'period_error_ms': error_summary_ms(pin_periods),
+            'final_drift_ms': pin_drifts[-1] * 1000 if pin_drifts else None,
+            'max_abs_drift_ms': max((abs(d) * 1000 for d in pin_drifts), default=None),
+        }
+    not_completed = sum(1 for result in results if result != 'completed')
+    stats = error_summary_ms(period_errors)
+    drift = error_summary_ms(drifts)
+    label = f'blink 10 Hz, {len(pins)} pins, period error'
+    figures = error_rows(key + '_period', label, stats) + [
+        Figure(f'{key}_drift_max_ms', f'blink 10 Hz, {len(pins)} pins, max |drift| of a rising edge',
+               drift['max_abs'], 'ms', note=f'over {cycles} cycles'),
+        Figure(f'{key}_faulty', f'blink 10 Hz, {len(pins)} pins: tasks not completed or '
+               'rising edges missing', not_completed + missing, 'count', target=Target(0)),
+    ]
+    details = {
+        'pins': gpios, 'cycles': cycles, 'on_s': BLINK_ON_S, 'off_s': BLINK_OFF_S,
+        'seconds': elapsed, 'period_error_ms': stats, 'drift_ms': drift,
+        'per_pin': per_pin, 'not_completed': not_completed,
+        'rising_edges_missing_or_extra': missing, 'pins_high_before_switching_off': high_before,
+        # The ten largest |period errors|: (ms, gpio, index of the rising edge, its time
+        # in s after the blinks were started, on the same monotonic clock: same machine).
+        'worst_period_errors': [(round(e * 1000, 3), gpio, k, round(t, 4))
+                                for e, gpio, k, t in sorted(worst, reverse=True)[:10]],
+        'results': {result: results.count(result) for result in set(results)},
+    }
+    return figures, details
+
+
+# 10. gpiozero's PWMLED.pulse, remote vs local ----------------------------------------
+
+PULSE_GPIO = 18
+PULSE_FADE_S = 0.5
+
+
+def timed_pulse(led, cycles):
+    """Run *cycles* of ``led.pulse`` in the foreground; return the seconds it took."""
+    started = time.perf_counter()
+    led.pulse(fade_in_time=PULSE_FADE_S, fade_out_time=PULSE_FADE_S, n=cycles, background=False)
+    return time.perf_counter() - started
+
+
+def pulse_remote(factory, cycles):
+    """``(seconds, state changes the server recorded)`` of a pulse through *factory*."""
+    led = PWMLED(PULSE_GPIO, pin_factory=factory)
+    try:
+        marks = history_marks(factory, [PULSE_GPIO])
+        seconds = timed_pulse(led, cycles)
+        _ = led.pin.state  # a read: every write sent before it has been carried out
+        changes = state_changes(histories(factory, [PULSE_GPIO])[PULSE_GPIO], marks[PULSE_GPIO])
+    finally:
+        led.close()
+    span = changes[-1][0] - changes[0][0] if len(changes) > 1 else None
+    return seconds, len(changes), span
+
+
+def pulse_local(cycles):
+    """``(seconds, state changes)`` of the same pulse on a local MockFactory."""
+    factory = MockFactory(pin_class=MockPWMPin)
+    try:
+        led = PWMLED(PULSE_GPIO, pin_factory=factory)
+        try:
+            pin = factory.pin(PULSE_GPIO)
+            pin.clear_states()
+            seconds = timed_pulse(led, cycles)
+            # clear_states() leaves one entry (the state then), which is no change
+            changes = len(pin.states) - 1
+        finally:
+            led.close()
+    finally:
+        factory.close()
+    return seconds, changes
+
+
+def measure_pulse(factory, cycles):
+    remote_s, remote_changes, remote_span = pulse_remote(factory, cycles)
+    local_s, local_changes = pulse_local(cycles)
+    remote_rate, local_rate = remote_changes / remote_s, local_changes / local_s
+    ratio_target = Target(1.02, on_ratio=True, lower=0.98)
+    label = f'PWMLED.pulse(0.5, 0.5), {cycles} cycles'
+    figures = [
+        Figure('pulse_cycle_s', f'{label}: cycle length (vs local mock)', remote_s / cycles, 's',
+               baseline=local_s / cycles, target=ratio_target),
+        Figure('pulse_write_rate', f'{label}: state changes/s (vs local mock)', remote_rate,
+               '/s', baseline=local_rate, target=ratio_target),
+    ]
+    details = {
+        'gpio': PULSE_GPIO, 'cycles': cycles, 'fade_in_s': PULSE_FADE_S,
+        'fade_out_s': PULSE_FADE_S,
+        'remote': {'seconds': remote_s, 'state_changes': remote_changes,
+                   'changes_per_s': remote_rate,
+                   'server_span_s': remote_span},
+        'local_mock': {'seconds': local_s, 'state_changes': local_changes,
+                       'changes_per_s': local_rate},
     }
     return figures, details

@@ -120,7 +120,7 @@ class RemoteServer:
                              f'{self._pins[pin.info]!r}')
         remote = RemotePin(self, pin)
         self.factory.reserve_pins(remote, name)
-        pin.function = 'output'
+        pin.output_with_state(0)          # an output, low, as gpiozero's OutputDevice starts
         self._pins[pin.info] = remote
         return remote
 

@@ -114,7 +114,9 @@ class PinWorker:
         self.bounce = None
         self.mock_level = None               # last level driven from the network (mock)
         self.events = 0
-        self._last_event = None
+        self._last_event = None        # server time of the last edge reported
+        self._last_level = None        # and its level
+        self._bounce_timer = None
         self._soft_bounce = backend in SOFTWARE_BOUNCE
         self.pin = factory.pin(gpio)
         self.history = deque(maxlen=HISTORY_LENGTH)
@@ -233,6 +235,9 @@ class PinWorker:
         return self._record()
 
     def run_subscribe(self, args):
+        with self._lock:
+            self._last_level = int(bool(self.pin.state))
+            self._last_event = None
         self.pin.when_changed = self._on_change if args['events'] else None
         return self._record()
 
@@ -243,13 +248,34 @@ class PinWorker:
         now = time.monotonic()
         t = now - factory.ticks_diff(factory.ticks(), ticks)
         with self._lock:
+            self._record(now)
             if self._soft_bounce and self.bounce and self._last_event is not None \
                     and t - self._last_event < self.bounce:
+                # Chatter inside the bounce time: ignored, but once the time is
+                # up the level that has settled is reported if it differs (as
+                # kernel debouncing does), so the client never misses the end.
+                if self._bounce_timer is None:
+                    self._bounce_timer = threading.Timer(
+                        max(0.0, self._last_event + self.bounce - now), self._bounce_settled)
+                    self._bounce_timer.daemon = True
+                    self._bounce_timer.start()
                 return
-            self._last_event = t
-            self.events += 1
-            self._record(now)
-            self.send(['event', t, int(bool(state)), self.events])
+            self._emit(t, int(bool(state)))
+
+    def _bounce_settled(self):
+        with self._lock:
+            self._bounce_timer = None
+            if self.released or self.pin.when_changed is None:
+                return
+            level = int(bool(self.pin.state))
+            if level != self._last_level:
+                self._emit(time.monotonic(), level)
+
+    def _emit(self, t, level):
+        self._last_event = t
+        self._last_level = level
+        self.events += 1
+        self.send(['event', t, level, self.events])
 
     def drive(self, level):
         """Set the level of a mock input (``remoteio drive``, ``--mock-wire``)."""
