@@ -3,8 +3,8 @@
 against a server of its own.
 
 The run starts a fresh ``remoteio-server --host 127.0.0.1 --port 0 --backend
-mock`` (two spare workers, the default) and a plain Python TCP echo server
-(:mod:`bench.echo`), each in its own process, and measures:
+mock --mock-wire 0:1`` (two spare workers, the default) and a plain Python
+TCP echo server (:mod:`bench.echo`), each in its own process, and measures:
 
 1. **Baseline**: round trips of 32-byte messages to the echo server
    (TCP_NODELAY at both ends); median and p99 in µs.
@@ -49,6 +49,20 @@ mock`` (two spare workers, the default) and a plain Python TCP echo server
     and the rate of state changes (server history, resp. the mock pin's
     ``states``), remote against local (target: ratio 0.98–1.02).
 
+11. **Event latency**: the server runs with a virtual jumper wire
+    (``--mock-wire 0:1``: input GPIO1 follows output GPIO0, the two GPIOs no
+    other phase claims). ``DigitalOutputDevice(0)`` is toggled 500 times
+    (100 with --quick), one edge at a time (write, wait for the callback);
+    ``DigitalInputDevice(1)``'s pin has ``when_changed`` set to a recorder,
+    which gets the edge's ``ticks`` (the server's edge time converted to our
+    ``monotonic()``). Latency = ``monotonic()`` in the callback − ticks;
+    median (target ≤ 2.0× the echo median) and p99 in µs. The edge time is
+    taken by the input's worker when the mock backend reports the change,
+    so the figure covers worker → server main process → TCP → client
+    reader → dispatcher thread → callback. Informational: the round trip
+    from just before the write to the callback. Events missing, extra or of
+    the wrong level are counted (target 0).
+
 Phases 7 to 9 also count tasks that did not complete and edges that are
 missing or extra (target 0).
 
@@ -83,6 +97,10 @@ PIPELINE_GPIOS = [17, 5, 6, 12, 13, 16, 20, 21]
 CLAIM_GPIOS = list(range(2, 28))
 TASK_GPIO = 17
 TASK_GPIOS = list(range(2, 28))
+#: The virtual jumper wire of phase 11 (output, input): GPIO0 and 1 are the
+#: board's only GPIOs that no other phase claims (they all use 2..27), so no
+#: other phase drives the wire or has its pins relayed to.
+EVENT_WIRE = (0, 1)
 #: How long to wait for the server's workers to come and go between phases.
 SETTLE_TIMEOUT = 20.0
 
@@ -209,12 +227,24 @@ def measure_pulse(run, server):
         factory.close()
 
 
+def measure_events(run, server):
+    """Phase 11, on its own factory."""
+    echo = run.details.get('echo') or {'round_trip_us': {'median': None, 'p99': None}}
+    factory = RemoteIOFactory(harness.HOST, server.port)
+    try:
+        run.measure('events', lambda: figures.measure_events(factory, *EVENT_WIRE, echo,
+                                                             run.plan))
+    finally:
+        factory.close()
+
+
 def measure_tasks(run, server):
-    """Phases 7 to 10, each after the server's workers have settled to the spares."""
+    """Phases 7 to 11, each after the server's workers have settled to the spares."""
     settling = run.details.setdefault('task_settling', {})
     for phase, measurement in (('tasks_1_pin', measure_on_1_pin),
                                ('tasks_26_pins', measure_26_pins),
-                               ('pulse', measure_pulse)):
+                               ('pulse', measure_pulse),
+                               ('events', measure_events)):
         try:
             if server.process.poll() is not None:
                 raise RuntimeError(f'the server has ended (exit code {server.process.returncode})')
@@ -232,7 +262,8 @@ def measure_all(run, results_dir):
     stops = {}
     try:
         echo = harness.start_echo_server(lifetime=600)
-        server = harness.start_server(results_dir / 'server.log', ['--spares', str(SPARES)])
+        server = harness.start_server(results_dir / 'server.log', ['--spares', str(SPARES)],
+                                      mock_wires=[EVENT_WIRE])
         run.details['server'] = {
             'ready_line': server.ready_line,
             'workers_at_start': harness.wait_for_workers(server.pid, SPARES, SETTLE_TIMEOUT),

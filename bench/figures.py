@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import socket
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
 
-from gpiozero import OutputDevice, PWMLED
+from gpiozero import DigitalInputDevice, DigitalOutputDevice, OutputDevice, PWMLED
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from bench import harness
@@ -123,14 +124,18 @@ class Plan:
     blink_seconds: float
     #: Cycles of PWMLED.pulse (1 s each), remote and local.
     pulse_cycles: int
+    #: Edges sent through the virtual jumper wire, one at a time (event latency).
+    event_edges: int
 
 
 QUICK = Plan('quick', echo_round_trips=3000, write_read_pairs=1500, reads=1500,
              pipelined_writes=20000, idle_seconds=2.0, loop_seconds=8.0,
-             on_repeats=10, on_rounds=5, blink_seconds=3.0, pulse_cycles=2)
+             on_repeats=10, on_rounds=5, blink_seconds=3.0, pulse_cycles=2,
+             event_edges=100)
 FULL = Plan('full', echo_round_trips=20000, write_read_pairs=10000, reads=10000,
             pipelined_writes=100000, idle_seconds=5.0, loop_seconds=30.0,
-            on_repeats=40, on_rounds=20, blink_seconds=10.0, pulse_cycles=6)
+            on_repeats=40, on_rounds=20, blink_seconds=10.0, pulse_cycles=6,
+            event_edges=500)
 
 
 # Helpers -----------------------------------------------------------------------
@@ -721,5 +726,167 @@ def measure_pulse(factory, cycles):
                    'server_span_s': remote_span},
         'local_mock': {'seconds': local_s, 'state_changes': local_changes,
                        'changes_per_s': local_rate},
+    }
+    return figures, details
+
+
+# 11. Edge events: latency from the server's edge to the client's callback ------------
+
+#: Edges sent (and waited for) before the measured ones.
+EVENT_WARMUP = 20
+#: How long to wait for the callback of one edge.
+EVENT_TIMEOUT = 2.0
+#: How long to wait after the last edge for events that should not come.
+EVENT_QUIET = 0.2
+EVENT_PATH = ('edge time taken by the server\'s pin worker when the mock backend reports the '
+              'change; covers worker → server main process → TCP → client reader → '
+              'dispatcher thread → callback')
+
+
+class EdgeRecorder:
+    """
+    A ``pin.when_changed`` handler: records ``(monotonic(), ticks, state)`` of
+    each call and sets :attr:`arrived`. gpiozero keeps only a weak reference
+    to a handler: whoever installs one must hold on to it.
+    """
+
+    def __init__(self):
+        self.calls = []
+        self.arrived = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, ticks, state):
+        now = time.monotonic()
+        with self._lock:
+            self.calls.append((now, ticks, state))
+        self.arrived.set()
+
+    def count(self):
+        with self._lock:
+            return len(self.calls)
+
+    def since(self, index):
+        with self._lock:
+            return self.calls[index:]
+
+
+def send_edges(out, recorder, count, seconds, first_state):
+    """
+    Toggle *out* *count* times (bounded by *seconds*), one edge at a time:
+    write, then wait (bounded) for the callback. Returns one
+    ``(monotonic before the write, state written, [calls from the write to
+    the next edge's])`` per edge.
+    """
+    edges = []
+    deadline = time.monotonic() + seconds
+    state = first_state
+    for _ in range(count):
+        seen = recorder.count()
+        recorder.arrived.clear()
+        before = time.monotonic()
+        if state:
+            out.on()
+        else:
+            out.off()
+        recorder.arrived.wait(EVENT_TIMEOUT)
+        edges.append((before, state, seen))
+        state = 1 - state
+        if time.monotonic() > deadline:
+            break
+    # Each edge's calls: from its write to the next edge's write (or to now).
+    calls = recorder.since(0)
+    ends = [seen for _, _, seen in edges[1:]] + [len(calls)]
+    return [(before, state, calls[seen:end])
+            for (before, state, seen), end in zip(edges, ends)]
+
+
+def measure_events(factory, out_gpio, in_gpio, echo, plan):
+    """
+    *out_gpio* is wired to *in_gpio* on the server (``--mock-wire OUT:IN``).
+    An edge of the output makes one of the input: latency from the input's
+    edge on the server (the ``ticks`` the callback receives, converted by the
+    factory to our ``monotonic()``) to the callback, and the round trip from
+    just before the write to the callback.
+    """
+    echo_median = echo['round_trip_us']['median']
+    out = inp = None
+    recorder = EdgeRecorder()   # the strong reference the pin's weak one needs
+    try:
+        out = DigitalOutputDevice(out_gpio, pin_factory=factory)
+        inp = DigitalInputDevice(in_gpio, pin_factory=factory)
+        # Replaces gpiozero's own handler (which calls when_activated/
+        # when_deactivated without the ticks): the same pin-level callback.
+        inp.pin.when_changed = recorder
+        offset = getattr(getattr(factory, '_connection', None), 'clock_offset', None)
+        first = 1 - int(bool(out.value))  # the write must change the output
+        warmup = send_edges(out, recorder, EVENT_WARMUP, plan.loop_seconds, first)
+        first = 1 - warmup[-1][1] if warmup else first
+        edges = send_edges(out, recorder, plan.event_edges, plan.loop_seconds, first)
+        measured_calls = sum(len(calls) for _, _, calls in edges)
+        before_quiet = recorder.count()
+        time.sleep(EVENT_QUIET)
+        late_calls = recorder.count() - before_quiet
+        # A read of the other pin: the server first makes sure the output's worker
+        # has taken every (posted) write. Without it, releasing the output right
+        # after a posted write makes the connection's next barrier (here the
+        # factory's closing ``bye``) fail with "the worker of GPIO0 ended
+        # unexpectedly" (a server problem: it syncs a pin that is being released).
+        _ = inp.pin.state
+    finally:
+        for device in (inp, out):
+            if device is not None:
+                device.close()
+
+    latency_us, round_trip_us, corrected_us = [], [], []
+    missing = wrong_state = extra = edge_before_write = 0
+    for before, state, calls in edges:
+        if not calls:
+            missing += 1
+            continue
+        extra += len(calls) - 1
+        called, ticks, got = calls[0]
+        if int(bool(got)) != state:
+            wrong_state += 1
+            continue
+        latency_us.append((called - ticks) * 1e6)
+        round_trip_us.append((called - before) * 1e6)
+        if offset is not None:
+            # Same machine, one monotonic clock: the server's own edge time is
+            # ticks + offset, so this is the latency without the offset's error.
+            corrected_us.append((called - ticks - offset) * 1e6)
+        if ticks < before:
+            edge_before_write += 1
+    extra += late_calls
+    latency, round_trip = summary(latency_us), summary(round_trip_us)
+    count = latency['count']
+    label = f'edge → gpiozero callback ({out_gpio}→{in_gpio} wire)'
+    figures = [
+        Figure('event_latency_median_us', f'{label}, median of {count}', latency.get('median'),
+               'µs', baseline=echo_median, target=Target(2.0, on_ratio=True), note=EVENT_PATH),
+        Figure('event_latency_p99_us', f'{label}, p99', latency.get('p99'), 'µs',
+               baseline=echo['round_trip_us']['p99'], note=EVENT_PATH),
+        Figure('event_write_callback_median_us', 'write → callback round trip (wire), median',
+               round_trip.get('median'), 'µs', baseline=echo_median,
+               note='informational: monotonic before out.on()/off() to the callback'),
+        Figure('event_write_callback_p99_us', 'write → callback round trip (wire), p99',
+               round_trip.get('p99'), 'µs', baseline=echo['round_trip_us']['p99']),
+        Figure('event_faulty', 'edge events missing, extra or of the wrong level',
+               missing + extra + wrong_state, 'count', target=Target(0)),
+    ]
+    details = {
+        'wire': {'out': out_gpio, 'in': in_gpio},
+        'what': EVENT_PATH,
+        'edges': len(edges), 'warmup_edges': len(warmup), 'calls_measured': measured_calls,
+        'latency_us': latency, 'write_to_callback_us': round_trip,
+        # The factory's estimate of the server's clock minus ours (from the hello's
+        # round trip); the true offset is 0 here (same machine, one monotonic clock).
+        'clock_offset_us': offset * 1e6 if offset is not None else None,
+        'latency_us_without_offset': summary(corrected_us),
+        'latency_to_echo_median': (latency['median'] / echo_median
+                                   if count and echo_median else None),
+        'missing': missing, 'extra': extra, 'wrong_state': wrong_state,
+        'edge_time_before_write': edge_before_write,
+        'latency_us_samples': [round(x, 1) for x in latency_us],
+        'write_to_callback_us_samples': [round(x, 1) for x in round_trip_us],
     }
     return figures, details

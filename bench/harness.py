@@ -114,11 +114,16 @@ class ChildProcess:
                 'seconds': round(time.monotonic() - started, 3), 'killed': killed}
 
 
-def start_server(log_path, extra_args=()):
-    """Start ``remoteio-server`` on 127.0.0.1, a free port, the mock backend."""
+def start_server(log_path, extra_args=(), mock_wires=()):
+    """
+    Start ``remoteio-server`` on 127.0.0.1, a free port, the mock backend;
+    with a virtual jumper wire (``--mock-wire OUT:IN``: input IN follows
+    output OUT) for each ``(out, in)`` of *mock_wires*.
+    """
     script = Path(sys.executable).with_name('remoteio-server')
     command = [str(script)] if script.exists() else [sys.executable, '-m', 'remoteio_server']
-    argv = command + ['--host', HOST, '--port', '0', '--backend', 'mock', *extra_args]
+    wires = [arg for out, into in mock_wires for arg in ('--mock-wire', f'{out}:{into}')]
+    argv = command + ['--host', HOST, '--port', '0', '--backend', 'mock', *wires, *extra_args]
     return ChildProcess('remoteio-server', argv, log_path).start()
 
 

@@ -13,7 +13,7 @@ Flow: gpiozero device → :mod:`.factory` / :mod:`.pin` → :mod:`.connection`
 
 from remoteio_factory._version import __version__
 from remoteio_factory.exc import (
-    RemoteIOConnectionError, RemoteIOError, RemoteIOFactoryClosed,
+    RemoteIOAuthError, RemoteIOConnectionError, RemoteIOError, RemoteIOFactoryClosed,
     RemoteIOPinError, RemoteIOProtocolError)
 from remoteio_factory.devices import LED, PWMLED
 from remoteio_factory.factory import RemoteIOFactory
@@ -24,6 +24,6 @@ from remoteio_factory.status import server_status
 __all__ = [
     'RemoteIOFactory', 'RemoteIOPin', 'server_status',
     'RemoteServer', 'RemotePin', 'LED', 'PWMLED',
-    'RemoteIOError', 'RemoteIOConnectionError', 'RemoteIOProtocolError',
+    'RemoteIOError', 'RemoteIOConnectionError', 'RemoteIOAuthError', 'RemoteIOProtocolError',
     'RemoteIOPinError', 'RemoteIOFactoryClosed', '__version__',
 ]

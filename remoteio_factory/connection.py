@@ -13,9 +13,11 @@ server pushes go to the owner's callbacks. User code never runs on the
 reader thread.
 """
 
+import hmac
 import itertools
 import logging
 import os
+import secrets
 import socket
 import struct
 import threading
@@ -25,7 +27,7 @@ import weakref
 from remoteio_factory import protocol
 from remoteio_factory._version import __version__
 from remoteio_factory.exc import (
-    RemoteIOConnectionError, RemoteIOFactoryClosed, exception_for)
+    RemoteIOAuthError, RemoteIOConnectionError, RemoteIOFactoryClosed, exception_for)
 
 log = logging.getLogger('remoteio_factory')
 
@@ -100,7 +102,7 @@ class Connection:
     """
 
     def __init__(self, host, port, connect_timeout=DEFAULT_CONNECT_TIMEOUT,
-                 timeout=DEFAULT_TIMEOUT, on_error=None, on_push=None, mode=None):
+                 timeout=DEFAULT_TIMEOUT, on_error=None, on_push=None, mode=None, token=None):
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -113,6 +115,8 @@ class Connection:
         self._closing = False
         self._forked = False
         self._broken = None
+        self._server_reason = None        # why the server said it is closing
+        self._stop_heartbeat = threading.Event()
         try:
             self._sock = socket.create_connection((host, port), timeout=connect_timeout)
         except OSError as exc:
@@ -136,14 +140,73 @@ class Connection:
         if mode is not None:
             hello['mode'] = mode
         try:
-            sent = time.monotonic()
             self.hello = self.request('hello', timeout=connect_timeout, **hello)
-            received = time.monotonic()
+            if self.hello.get('auth'):
+                self._authenticate(token, connect_timeout)
             #: The server's monotonic clock minus ours (edge times are converted with it).
-            self.clock_offset = self.hello['monotonic'] - (sent + received) / 2
+            self.clock_offset = self._measure_clock_offset(connect_timeout)
         except Exception:
             self.close(graceful=False)
             raise
+        lease = self.hello.get('lease') or 0
+        if lease > 0:
+            threading.Thread(target=self._heartbeat, args=(lease,), daemon=True,
+                             name=f'remoteio-heartbeat-{host}:{port}').start()
+
+    def _authenticate(self, token, timeout):
+        """Answer the server's challenge, and make it answer ours."""
+        scheme = self.hello['auth']
+        if scheme != protocol.AUTH_SCHEME:
+            raise RemoteIOAuthError(f'the server wants authentication {scheme!r}, '
+                                    f'which this client does not know')
+        token = token or os.environ.get('REMOTEIO_TOKEN')
+        if not token:
+            raise RemoteIOAuthError(
+                f'the remoteio server at {self.host}:{self.port} requires a token: set '
+                f'REMOTEIO_TOKEN (or RemoteIOFactory(token=...)) to the server\'s token')
+        token = token.encode('utf-8')
+        nonce = secrets.token_hex(32)
+        try:
+            reply = self.request('auth', timeout=timeout, nonce=nonce,
+                                 mac=protocol.auth_mac(token, 'client', self.hello['nonce']))
+        except RemoteIOAuthError:
+            raise RemoteIOAuthError(
+                f'the remoteio server at {self.host}:{self.port} refused our token: '
+                f'check REMOTEIO_TOKEN') from None
+        expected = protocol.auth_mac(token, 'server', nonce)
+        if not hmac.compare_digest(expected, str(reply.get('proof'))):
+            raise RemoteIOAuthError(
+                f'the server at {self.host}:{self.port} could not prove it knows the token: '
+                f'is it the right server?')
+
+    def _measure_clock_offset(self, timeout, samples=5):
+        """The server's clock minus ours, from the quickest of a few round trips."""
+        best = None
+        for _ in range(samples):
+            sent = time.monotonic()
+            server_time = self.request('heartbeat', timeout=timeout)['monotonic']
+            received = time.monotonic()
+            if best is None or received - sent < best[0]:
+                best = (received - sent, server_time - (sent + received) / 2)
+        return best[1]
+
+    def _heartbeat(self, lease):
+        """Keep the lease: a message every third of it; a silent server counts as lost."""
+        while not self._stop_heartbeat.wait(lease / 3):
+            if self._closing or self._broken is not None:
+                return
+            try:
+                self.request('heartbeat', timeout=lease)
+            except RemoteIOConnectionError as exc:
+                if not self._closing and self._broken is None:
+                    self._lost(f'the server did not answer for {lease:g} s ({exc})')
+                    try:
+                        self._sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                return
+            except Exception:
+                return
 
     @property
     def closed(self):
@@ -214,6 +277,9 @@ class Connection:
         if reply is None:
             self._check()
             raise RemoteIOConnectionError('the connection was closed')
+        if reply.get('ok') is False and (reply.get('error') or {}).get('code') in (
+                'auth_failed', 'auth_required'):
+            raise RemoteIOAuthError(str((reply.get('error') or {}).get('message')))
         if not reply.get('ok'):
             raise exception_for(reply.get('error') or {})
         return reply
@@ -248,6 +314,7 @@ class Connection:
                 if handle is not None:
                     handle._end(message.get('result'), message.get('error'))
             if message['push'] == 'closing':
+                self._server_reason = message.get('reason')
                 log.warning('remoteio server %s:%s is closing the connection: %s',
                             self.host, self.port, message.get('reason'))
             if self.on_push is not None:
@@ -267,6 +334,8 @@ class Connection:
                 self.on_error(message.get('pin'), exc)
 
     def _lost(self, reason):
+        if self._server_reason:
+            reason = f'{reason}: {self._server_reason}'
         if self._broken is None:
             self._broken = reason
             if not self._closing:
@@ -289,6 +358,7 @@ class Connection:
         if self._closing:
             return
         self._closing = True
+        self._stop_heartbeat.set()
         if self._forked:
             return
         if graceful and self._broken is None:

@@ -23,6 +23,13 @@ class RemoteIOConnectionError(RemoteIOError, ConnectionError):
     """
 
 
+class RemoteIOAuthError(RemoteIOConnectionError):
+    """
+    The server refused us: a wrong or missing token (``REMOTEIO_TOKEN``), or
+    protected mode. Or the server could not prove it knows the token.
+    """
+
+
 class RemoteIOProtocolError(RemoteIOError, ValueError):
     """The server rejected a message as malformed (a bug in the client, or a version mismatch)."""
 
@@ -42,7 +49,7 @@ def _exception_classes():
     }
     classes.update({
         cls.__name__: cls for cls in (
-            RemoteIOError, RemoteIOConnectionError, RemoteIOProtocolError,
+            RemoteIOError, RemoteIOConnectionError, RemoteIOAuthError, RemoteIOProtocolError,
             RemoteIOPinError)
     })
     return classes

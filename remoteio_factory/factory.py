@@ -64,6 +64,11 @@ class RemoteIOFactory(PiFactory):
         Seconds to wait for the connection (``REMOTEIO_CONNECT_TIMEOUT``,
         default 3). If no server answers in that time,
         :exc:`~remoteio_factory.RemoteIOConnectionError` is raised.
+    :param str token:
+        The server's shared secret (``REMOTEIO_TOKEN``), if it has one. It is
+        never sent: the client proves it knows it, and the server proves it
+        too. A missing or wrong token raises
+        :exc:`~remoteio_factory.RemoteIOAuthError`.
     :param str mode:
         ``wait`` or ``nowait`` for this connection's timed tasks
         (``REMOTEIO_MODE``; default: the server's ``--mode``). In ``wait`` mode
@@ -75,7 +80,8 @@ class RemoteIOFactory(PiFactory):
     returns them to inputs, as gpiozero does when it closes a pin.
     """
 
-    def __init__(self, host=None, port=None, *, timeout=None, connect_timeout=None, mode=None):
+    def __init__(self, host=None, port=None, *, timeout=None, connect_timeout=None, mode=None,
+                 token=None):
         super().__init__()
         if host is None:
             host = os.environ.get('REMOTEIO_HOST', 'localhost')
@@ -90,7 +96,7 @@ class RemoteIOFactory(PiFactory):
                                                           DEFAULT_CONNECT_TIMEOUT),
             timeout=timeout or _env_float('REMOTEIO_TIMEOUT', DEFAULT_TIMEOUT),
             on_error=self._pin_failed, on_push=self._pushed,
-            mode=mode or os.environ.get('REMOTEIO_MODE') or None)
+            mode=mode or os.environ.get('REMOTEIO_MODE') or None, token=token)
         hello = self._connection.hello
         self._events = EventDispatcher(
             self._deliver_event, self._connection.clock_offset,

@@ -9,11 +9,16 @@ Every message is one JSON object, UTF-8 encoded, on one line ending in ``\\n``,
 at most :data:`MAX_MESSAGE` bytes long including the newline.
 """
 
+import hashlib
+import hmac
 import json
 
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 8509
 MAX_MESSAGE = 65536
+
+#: The authentication scheme of protocol v1 (see :func:`auth_mac`).
+AUTH_SCHEME = 'hmac-sha256'
 
 #: Largest request id a client may use (fits an IEEE double exactly).
 MAX_ID = 2**53 - 1
@@ -60,6 +65,9 @@ ERROR_CODES = {
     'mock_only': 'RemoteIOError',                # drive: the backend is a real one
     'backend_error': 'RemoteIOPinError',
     'worker_died': 'RemoteIOPinError',
+    'auth_required': 'RemoteIOAuthError',        # a request before a successful auth
+    'auth_failed': 'RemoteIOAuthError',          # wrong token: the connection is closed
+    'not_allowed': 'PinInvalidPin',              # the server's --allow-pins excludes the pin
     'limit': 'RemoteIOError',
     'timeout': 'RemoteIOError',                  # the server gave up waiting (e.g. for other pins)
     'shutting_down': 'RemoteIOError',
@@ -114,6 +122,8 @@ def decode(line):
         message = _decoder.decode(line.decode('utf-8'))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError('malformed', f'message is not valid JSON: {exc}') from None
+    except RecursionError:
+        raise ProtocolError('malformed', 'message is nested too deeply') from None
     if not isinstance(message, dict):
         raise ProtocolError('malformed', 'message is not a JSON object')
     return message
@@ -254,6 +264,17 @@ def get_count(message, name, default, maximum):
         raise ProtocolError(
             'bad_request', f'field {name!r} must be an integer from 0 to {maximum}')
     return value
+
+
+def auth_mac(token, side, nonce):
+    """
+    The answer to a challenge: HMAC-SHA256, keyed with the shared *token*
+    (bytes), of ``"remoteio v1 <side> " + nonce`` where *side* is ``client``
+    (the client answering the server's nonce) or ``server`` (the server
+    answering the client's). Lower-case hex.
+    """
+    message = f'remoteio v1 {side} {nonce}'.encode('utf-8')
+    return hmac.new(token, message, hashlib.sha256).hexdigest()
 
 
 def error_reply(id, code, message, type=None, pin=None):

@@ -11,7 +11,7 @@ from remoteio_factory import protocol
 from remoteio_factory.connection import DEFAULT_CONNECT_TIMEOUT, Connection
 
 
-def server_status(host=None, port=None, history=20, timeout=DEFAULT_CONNECT_TIMEOUT):
+def server_status(host=None, port=None, history=20, timeout=DEFAULT_CONNECT_TIMEOUT, token=None):
     """
     Return the status of the server at *host*:*port* (defaults as for
     :class:`~remoteio_factory.RemoteIOFactory`) as a dict; *history* is how
@@ -22,7 +22,7 @@ def server_status(host=None, port=None, history=20, timeout=DEFAULT_CONNECT_TIME
         host = os.environ.get('REMOTEIO_HOST', 'localhost')
     if port is None:
         port = int(os.environ.get('REMOTEIO_PORT', protocol.DEFAULT_PORT))
-    connection = Connection(host, int(port), connect_timeout=timeout, timeout=10.0)
+    connection = Connection(host, int(port), connect_timeout=timeout, timeout=10.0, token=token)
     try:
         reply = connection.request('status', history=history)
     finally:

@@ -13,7 +13,8 @@ import sys
 from remoteio_factory import protocol
 from remoteio_factory._version import __version__
 from remoteio_server import backends
-from remoteio_server.daemon import MODES, run_server
+from remoteio_server.access import AccessPolicy, parse_hosts, parse_pins
+from remoteio_server.daemon import DEFAULT_LEASE, MODES, run_server
 
 
 def _env(name, default):
@@ -65,6 +66,24 @@ def parser():
                    help='mock backend only: a virtual jumper wire; input pin IN follows '
                         'output pin OUT (e.g. 17:27 or GPIO17:GPIO27). May be repeated. '
                         'Also REMOTEIO_SERVER_MOCK_WIRE, comma-separated')
+    p.add_argument('--token-file', default=_env('TOKEN_FILE', None), metavar='FILE',
+                   help='a file holding the shared secret clients must prove they know '
+                        '(HMAC challenge-response; the secret never crosses the wire). The '
+                        'environment variable REMOTEIO_TOKEN works too. Without a token the '
+                        'server is in protected mode: it serves clients on this machine only')
+    p.add_argument('--token', default=None,
+                   help='the shared secret itself (visible to every user in the process list: '
+                        'prefer --token-file or REMOTEIO_TOKEN)')
+    p.add_argument('--allow-hosts', default=_env('ALLOW_HOSTS', None), metavar='LIST',
+                   help='addresses or networks that may connect, e.g. 192.168.1.0/24,10.0.0.5 '
+                        '(default: any, subject to protected mode)')
+    p.add_argument('--allow-pins', default=_env('ALLOW_PINS', None), metavar='LIST',
+                   help='GPIOs clients may claim, e.g. 17,18,22-27 (default: all)')
+    p.add_argument('--lease', type=float, default=float(_env('LEASE', DEFAULT_LEASE)),
+                   metavar='SECONDS',
+                   help='a connection silent for this long is treated as gone and its pins are '
+                        'soft-closed (clients send heartbeats); 0 turns it off '
+                        '(default: %(default)s)')
     p.add_argument('--max-clients', type=int, default=int(_env('MAX_CLIENTS', 64)),
                    help='connections served at once (default: %(default)s)')
     p.add_argument('--max-pins', type=int, default=int(_env('MAX_PINS', 64)),
@@ -93,6 +112,31 @@ def systemd_unit():
     return text.replace('ExecStart=/opt/remoteio/bin/remoteio-server', f'ExecStart={command}')
 
 
+def access_policy(args):
+    """The token, host and pin rules from the arguments and environment."""
+    token = args.token or os.environ.get('REMOTEIO_TOKEN') or None
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding='utf-8') as f:
+                token = f.read().strip()
+        except OSError as exc:
+            parser().error(f'cannot read --token-file {args.token_file}: {exc.strerror}')
+        if not token:
+            parser().error(f'--token-file {args.token_file} is empty')
+    try:
+        hosts = parse_hosts(args.allow_hosts) if args.allow_hosts else None
+    except ValueError as exc:
+        parser().error(f'--allow-hosts: {exc}')
+    try:
+        pins = parse_pins(args.allow_pins) if args.allow_pins else None
+    except ValueError as exc:
+        parser().error(f'--allow-pins: {exc}')
+    if token is not None and len(token) < 16:
+        parser().error('the token must be at least 16 characters long (e.g. from '
+                       '"python3 -c \'import secrets; print(secrets.token_urlsafe())\'")')
+    return AccessPolicy(token=token, allow_hosts=hosts, allow_pins=pins)
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     if not args.mock_wire and _env('MOCK_WIRE', ''):
@@ -114,6 +158,8 @@ def main(argv=None):
         except ValueError:
             parser().error(f'--revision must be a hexadecimal board revision, not {args.revision!r}')
 
+    access = access_policy(args)
+
     def ready(server):
         # One line on stdout that tools (and the tests) wait for.
         print(f'remoteio-server ready on {server.host}:{server.port} '
@@ -124,7 +170,7 @@ def main(argv=None):
         run_server(port=args.port, mode=args.mode, host=args.host, backend=args.backend,
                    revision=args.revision, ready=ready, max_message=args.max_message,
                    max_clients=args.max_clients, max_pins=args.max_pins, spares=args.spares,
-                   mock_wires=args.mock_wire)
+                   mock_wires=args.mock_wire, access=access, lease=args.lease)
     except OSError as exc:
         print(f'remoteio-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}',
               file=sys.stderr)

@@ -23,11 +23,16 @@ from remoteio_factory import protocol
 from remoteio_factory.protocol import MODES
 from remoteio_factory._version import __version__
 from remoteio_server import backends
+from remoteio_server.access import AccessPolicy
 from remoteio_server.registry import Registry
 from remoteio_server.session import SEND_TIMEOUT, Session
 from remoteio_server.spawner import Spawner
 
 log = logging.getLogger('remoteio_server')
+
+#: Seconds a connection may stay silent before it counts as gone (clients
+#: send a heartbeat every third of it).
+DEFAULT_LEASE = 3.0
 
 
 
@@ -46,7 +51,8 @@ class Server:
 
     def __init__(self, host='0.0.0.0', port=protocol.DEFAULT_PORT, backend='auto',
                  mode='wait', revision=None, max_message=protocol.MAX_MESSAGE,
-                 max_clients=64, max_pins=64, spares=2, shutdown_timeout=10.0, mock_wires=()):
+                 max_clients=64, max_pins=64, spares=2, shutdown_timeout=10.0, mock_wires=(),
+                 access=None, lease=DEFAULT_LEASE):
         if mode not in MODES:
             raise ValueError(f'mode must be one of {", ".join(MODES)}, not {mode!r}')
         if backend != 'auto' and backend not in backends.BACKENDS:
@@ -57,6 +63,8 @@ class Server:
             raise ValueError('--mock-wire applies to the mock backend only: on a real Pi, '
                              'connect the pins with a jumper wire')
         self.mock_wires = list(mock_wires)
+        self.access = access or AccessPolicy()
+        self.lease = lease
         self.host = host
         self.port = port
         self.requested_backend = backend
@@ -133,16 +141,17 @@ class Server:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                         _timeval(SEND_TIMEOUT))
         peer_text = _peer_text(peer)
+        refusal = self.access.admit(peer[0])
+        session = None
         with self._lock:
-            if len(self.sessions) >= self.max_clients:
-                full = True
-            else:
-                full = False
+            if refusal is None and len(self.sessions) >= self.max_clients:
+                refusal = f'the server has its maximum of {self.max_clients} clients'
+            if refusal is None:
                 session = Session(self, sock, peer_text, self._next_session)
                 self._next_session += 1
                 self.sessions[session.id] = session
-        if full:
-            message = f'the server has its maximum of {self.max_clients} clients'
+        if session is None:
+            message = refusal
             try:
                 sock.sendall(protocol.encode({'push': 'closing', 'reason': message}))
             except OSError:
@@ -185,6 +194,7 @@ class Server:
             'session': session.id,
             'monotonic': time.monotonic(),
             'max_message': self.max_message,
+            'lease': self.lease,
         }
 
     def status(self, history=20):
@@ -201,6 +211,15 @@ class Server:
             'monotonic': time.monotonic(),
             'time': time.time(),
             'uptime': time.monotonic() - self.started,
+            'security': {
+                'protected': self.access.protected,
+                'token': not self.access.protected,
+                'allow_hosts': None if self.access.allow_hosts is None
+                else [str(n) for n in self.access.allow_hosts],
+                'allow_pins': None if self.access.allow_pins is None
+                else sorted(self.access.allow_pins),
+                'lease': self.lease,
+            },
             'clients': [
                 {'id': s.id, 'peer': s.peer, 'client': s.client, 'mode': s.mode,
                  'connected': s.connected, 'pins': sorted(s.pins)}
@@ -274,6 +293,9 @@ def run_server(port=protocol.DEFAULT_PORT, mode='wait', host='0.0.0.0', backend=
         log.info('remoteio-server %s listening on %s:%d (backend %s, board %s, mode %s)',
                  __version__, server.host, server.port, server.backend,
                  server.board_info.revision, server.mode)
+        if server.access.protected:
+            log.info('protected mode: no token, so only clients on this machine are served '
+                     '(see --token-file)')
         if ready is not None:
             ready(server)
         server.serve_forever()

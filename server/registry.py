@@ -141,8 +141,8 @@ class ClaimedPin:
         """``ok``/``err``: the request *seq* has its answer."""
         with self._lock:
             route = self._pending.get(seq)
-            if route is None and error is not None:
-                self._tasks.pop(seq, None)
+            if error is not None:
+                self._tasks.pop(seq, None)    # a task refused at acceptance never ends
         if route is not None:
             # Reply first, then stop counting the request as pending: a read
             # waiting for this pin must not overtake the reply.

@@ -70,6 +70,8 @@ class Session:
         self.connected = time.monotonic()
         self.pins = {}                     # gpio -> ClaimedPin
         self.greeted = False
+        self.authenticated = server.access.protected   # no token: loopback only, no auth
+        self._nonce = None
         self.mode = server.mode
         self.closed = False
         self.end_reason = None             # set by the server when it ends the session
@@ -77,7 +79,9 @@ class Session:
         self._progress = threading.Condition()
         self.handlers = {
             'hello': self.on_hello,
+            'auth': self.on_auth,
             'ping': self.on_ping,
+            'heartbeat': self.on_heartbeat,
             'claim': self.on_claim,
             'release': self.on_release,
             'setup': self.on_setup,
@@ -120,10 +124,15 @@ class Session:
         """The session's thread: read and handle requests until the connection ends."""
         reader = protocol.LineReader(self.server.max_message)
         reason = 'connection closed by the client'
+        self.sock.settimeout(self.server.lease or None)
         try:
             while not self.closed:
                 try:
                     data = self.sock.recv(65536)
+                except socket.timeout:
+                    reason = f'lease expired: nothing received for {self.server.lease:g} s'
+                    self.send({'push': 'closing', 'reason': reason})
+                    break
                 except OSError as exc:
                     reason = f'connection broken: {exc}'
                     break
@@ -157,6 +166,9 @@ class Session:
                 raise ProtocolError('unknown_op', f'unknown operation {op[:40]!r}')
             if not self.greeted and op != 'hello':
                 raise ProtocolError('hello_required', 'the first request must be hello')
+            if not self.authenticated and op not in ('hello', 'auth'):
+                raise ProtocolError('auth_required', 'this server requires a token: '
+                                                     'authenticate with auth first')
             if self.server.stopping:
                 raise ProtocolError('shutting_down', 'the server is shutting down')
             handler(id, message)
@@ -197,10 +209,16 @@ class Session:
 
     def wait_caught_up(self, except_pin=None):
         """Block until every pin but *except_pin* has taken what was sent to it."""
-        others = [p for p in list(self.pins.values()) if p is not except_pin]
+        # Pins being released are left out: their soft close carries out what was sent.
+        others = [p for p in list(self.pins.values())
+                  if p is not except_pin and p.status == 'claimed']
         deadline = time.monotonic() + BARRIER_TIMEOUT
         for pin in others:
-            pin.sync(max(0.001, deadline - time.monotonic()))
+            try:
+                pin.sync(max(0.001, deadline - time.monotonic()))
+            except ProtocolError:
+                if pin.status == 'claimed':
+                    raise                 # else: released meanwhile, nothing to wait for
         with self._progress:
             if not self._progress.wait_for(lambda: not any(p.busy for p in others),
                                            max(0.0, deadline - time.monotonic())):
@@ -231,7 +249,33 @@ class Session:
         if mode is not None:
             self.mode = mode          # for the pins claimed from now on
         self.greeted = True
-        self.reply(id, **self.server.hello_info(self))
+        info = self.server.hello_info(self)
+        if not self.authenticated:
+            self._nonce = self.server.access.challenge()
+            info.update(auth=protocol.AUTH_SCHEME, nonce=self._nonce)
+        else:
+            info.update(auth=None)
+        self.reply(id, **info)
+
+    def on_auth(self, id, message):
+        if self.authenticated:
+            raise ProtocolError('bad_request', 'this connection needs no (further) auth')
+        client_nonce = message.get('nonce')
+        if not isinstance(client_nonce, str) or not 16 <= len(client_nonce) <= 256:
+            raise ProtocolError('bad_request', "field 'nonce' must be a string of 16 to 256 characters")
+        if not self.server.access.verify(self._nonce, message.get('mac')):
+            log.warning('client %s: authentication failed', self.describe())
+            self.send(error_reply(id, 'auth_failed', 'wrong token'))
+            self.send({'push': 'closing', 'reason': 'authentication failed: wrong token'})
+            self.end_reason = 'authentication failed'
+            self.closed = True
+            return
+        self.authenticated = True
+        self.reply(id, proof=self.server.access.proof(client_nonce))
+
+    def on_heartbeat(self, id, message):
+        # The lease: any message keeps a connection alive; this one has no other effect.
+        self.reply(id, monotonic=time.monotonic())
 
     def on_ping(self, id, message):
         self.wait_caught_up()
@@ -239,6 +283,8 @@ class Session:
 
     def on_claim(self, id, message):
         gpio = protocol.get_gpio(message, self.server.registry.gpios)
+        if not self.server.access.allows_pin(gpio):
+            raise ProtocolError('not_allowed', f'GPIO{gpio} is not in the server\'s --allow-pins list')
         if gpio not in self.pins and len(self.pins) >= self.server.max_pins:
             raise ProtocolError('limit', f'a connection may claim at most {self.server.max_pins} pins')
         pin, state = self.server.registry.claim(gpio, self)
@@ -321,8 +367,10 @@ class Session:
             raise ProtocolError('mock_only', 'drive works on the mock backend only: on a real '
                                              'Pi, the level of an input comes from its wiring')
         gpio = protocol.get_gpio(message, self.server.registry.gpios)
+        if not self.server.access.allows_pin(gpio):
+            raise ProtocolError('not_allowed', f'GPIO{gpio} is not in the server\'s --allow-pins list')
         state = message.get('state')
-        if state not in (0, 1) or isinstance(state, float):
+        if type(state) is not int or state not in (0, 1):
             raise ProtocolError('invalid_state', "field 'state' must be 0 or 1")
         self.server.registry.drive(gpio, int(state), ClientReply(self, id, False, gpio))
 

@@ -59,6 +59,8 @@ log = logging.getLogger('remoteio_server.worker')
 
 #: Transitions kept per pin.
 HISTORY_LENGTH = 1000
+#: Jobs that may wait in one pin's queue; more are refused (``limit``).
+MAX_QUEUE = 10000
 #: PWM frequency a task starts when it needs PWM on a pin that has none (gpiozero's default).
 DEFAULT_PWM_FREQUENCY = 100.0
 
@@ -66,7 +68,11 @@ DEFAULT_PWM_FREQUENCY = 100.0
 #: when accepted, with ``done``).
 RESULT_OPS = frozenset({'setup', 'frequency', 'pull', 'edges', 'subscribe', 'release'})
 #: Backends whose pins do no debouncing of their own: the worker does it.
-SOFTWARE_BOUNCE = frozenset({'mock', 'native'})
+SOFTWARE_BOUNCE = frozenset({'mock'})
+#: Jobs that configure the pin without setting its level: they run at once, in
+#: both modes, and neither wait for the running task nor end it.
+CONFIG_OPS = frozenset({'frequency', 'pull', 'edges', 'subscribe'})
+EDGE_LEVELS = {'both': (0, 1), 'rising': (1,), 'falling': (0,), 'none': ()}
 
 
 def _dumps(message):
@@ -160,6 +166,7 @@ class PinWorker:
             if now is None:
                 now = time.monotonic()
             current = self.read_state()
+            changed = False
             for key in ('function', 'frequency', 'state'):
                 value = current[key]
                 if isinstance(value, bool):
@@ -167,8 +174,10 @@ class PinWorker:
                 if self._last.get(key, ()) != value:
                     self._last[key] = value
                     self.history.append({'t': now, key: value})
-                    if key == 'state' and self.report_levels:
-                        self.send(['level', int(value >= 0.5)])
+                    changed = changed or key != 'frequency'
+            if changed and self.report_levels and current['function'] == 'output':
+                # a --mock-wire: the input it is wired to follows (an input drives nothing)
+                self.send(['level', int(current['state'] >= 0.5)])
         # MockPin keeps every change it has ever seen; a daemon must not grow.
         states = getattr(self.pin, 'states', None)
         if isinstance(states, list) and len(states) > 64:
@@ -207,13 +216,13 @@ class PinWorker:
 
     def run_setup(self, args):
         function = args['function']
+        pin = self.pin
         if function == 'output' and args.get('state') is not None:
-            self.pin.output_with_state(args['state'])
+            pin.output_with_state(args['state'])
         elif function == 'input' and args.get('pull') is not None:
-            self.pin.input_with_pull(args['pull'])
+            self._driven(lambda: pin.input_with_pull(args['pull']))
         else:
-            self.pin.function = function
-        self._redrive()
+            self._driven(lambda: setattr(pin, 'function', function))
         return self._record()
 
     def run_frequency(self, args):
@@ -223,8 +232,8 @@ class PinWorker:
         return self._record()
 
     def run_pull(self, args):
-        self.pin.pull = args['pull']
-        self._redrive()
+        pin = self.pin
+        self._driven(lambda: setattr(pin, 'pull', args['pull']))
         return self._record()
 
     def run_edges(self, args):
@@ -269,7 +278,10 @@ class PinWorker:
                 return
             level = int(bool(self.pin.state))
             if level != self._last_level:
-                self._emit(time.monotonic(), level)
+                if level in EDGE_LEVELS.get(self.pin.edges, (0, 1)):
+                    self._emit(time.monotonic(), level)
+                else:
+                    self._last_level = level     # an edge the client did not ask for
 
     def _emit(self, t, level):
         self._last_event = t
@@ -290,10 +302,24 @@ class PinWorker:
             self.pin.drive_low()
         self._record()
 
-    def _redrive(self):
-        """A driven mock input keeps its level when its pull changes (the driver wins)."""
-        if self.mock_level is not None and self.pin.function == 'input':
-            self.drive(self.mock_level)
+    def _driven(self, change):
+        """
+        Make *change* (a pull or function change) on a mock input that is
+        driven from the network: the driver wins over the pull, and the pull
+        flipping the level for an instant is no edge.
+        """
+        pin = self.pin
+        if self.mock_level is None or self.backend != 'mock':
+            change()
+            return
+        handler = pin.when_changed
+        pin.when_changed = None
+        try:
+            change()
+            if pin.function == 'input':
+                self.drive(self.mock_level)
+        finally:
+            pin.when_changed = handler
 
     def run_release(self, args):
         """Stop PWM and return the pin to an input, as gpiozero closes a pin."""
@@ -356,6 +382,9 @@ class PinWorker:
     # The queue -----------------------------------------------------------------
 
     def submit(self, job):
+        if job.op in CONFIG_OPS and not self.closing:
+            self._run_plain(job)
+            return
         if self.closing:
             self._end_job(job, 'failed', {'code': 'pin_closed', 'type': 'RemoteIOPinError',
                                           'message': f'GPIO{self.gpio} is closing'})
@@ -441,6 +470,10 @@ class PinWorker:
                 self.send(['err', seq, describe_error(exc), request_id])
             else:
                 self.send(['ok', seq, {}])
+        elif len(self.queue) >= MAX_QUEUE:
+            self.send(['err', seq, {'code': 'limit', 'type': 'RemoteIOError',
+                                    'message': f'GPIO{self.gpio} has {MAX_QUEUE} requests waiting '
+                                               f'already'}, request_id])
         elif op == 'task':
             self.send(['ok', seq, {}])   # accepted; its end is reported with 'end'
             self.submit(Job(seq, op, args, request_id, Task(**args)))

@@ -161,10 +161,10 @@ def run_script(server, code, timeout=30, check=True, env=None):
 
 
 def start_script(server, code, env=None):
-    """Start *code* in a subprocess; return it once it has printed 'ready'."""
+    """Start *code* in a subprocess (stdin, stdout piped); return it once it has printed 'ready'."""
     process = subprocess.Popen(
         [sys.executable, '-c', textwrap.dedent(code)], env=env or server.env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = []
     reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)
     reader.start()

@@ -1,0 +1,106 @@
+"""
+Who may connect, and which pins they may drive.
+
+Flow: client → wire → **access policy** (at accept and at hello) → server
+session.
+
+* **Protected mode**: with no token configured, only clients on this machine
+  (loopback) are served; anyone else is told why and disconnected.
+* **Token**: with a token, every connection must prove it knows it by a
+  challenge-response (HMAC-SHA256 over a fresh random nonce per connection;
+  the token never crosses the wire, a recorded answer is worthless on the
+  next connection, and the comparison takes constant time). The server
+  proves it knows the token too, so a client cannot be fooled by an
+  impostor.
+* ``--allow-hosts`` limits the peers, ``--allow-pins`` the GPIOs that may
+  be claimed.
+"""
+
+import hmac
+import ipaddress
+import secrets
+
+from remoteio_factory.protocol import auth_mac
+
+
+def is_loopback(host):
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback addresses."""
+    try:
+        address = ipaddress.ip_address(host.split('%', 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def parse_pins(text):
+    """``'17,18,22-27'`` → ``{17, 18, 22, 23, 24, 25, 26, 27}``."""
+    pins = set()
+    for part in text.split(','):
+        part = part.strip()
+        if not part:
+            continue
+        first, _, last = part.partition('-')
+        first, last = int(first), int(last or first)
+        if first > last or first < 0:
+            raise ValueError(f'bad pin range {part!r}')
+        pins.update(range(first, last + 1))
+    return pins
+
+
+def parse_hosts(text):
+    """``'192.168.1.0/24, 10.0.0.5'`` → a list of networks."""
+    return [ipaddress.ip_network(part.strip(), strict=False)
+            for part in text.split(',') if part.strip()]
+
+
+class AccessPolicy:
+    """The server's access rules; see the module docstring."""
+
+    def __init__(self, token=None, allow_hosts=None, allow_pins=None):
+        self.token = token.encode('utf-8') if isinstance(token, str) else token
+        self.allow_hosts = allow_hosts
+        self.allow_pins = allow_pins
+
+    @property
+    def protected(self):
+        """True when no token is set: loopback clients only."""
+        return not self.token
+
+    def admit(self, host):
+        """None if a peer at *host* may connect, else the reason it may not."""
+        if self.allow_hosts is not None:
+            try:
+                address = ipaddress.ip_address(host.split('%', 1)[0])
+            except ValueError:
+                return f'{host} is not an address this server accepts'
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            if not any(address in network for network in self.allow_hosts):
+                return f'{host} is not in the server\'s --allow-hosts list'
+        if self.protected and not is_loopback(host):
+            return ('protected mode: this remoteio server has no token, so it serves only '
+                    'clients on its own machine. Start it with --token-file FILE (or '
+                    'REMOTEIO_TOKEN) and give the clients the same token in REMOTEIO_TOKEN; '
+                    'see docs/security.md')
+        return None
+
+    def allows_pin(self, gpio):
+        return self.allow_pins is None or gpio in self.allow_pins
+
+    @staticmethod
+    def challenge():
+        """A fresh nonce for one connection."""
+        return secrets.token_hex(32)
+
+    def verify(self, nonce, mac):
+        """True if *mac* answers the challenge *nonce* with our token."""
+        if not isinstance(mac, str):
+            return False
+        expected = auth_mac(self.token, 'client', nonce)
+        return hmac.compare_digest(expected.encode(), mac.encode('utf-8', 'replace'))
+
+    def proof(self, client_nonce):
+        """Our answer to the client's challenge."""
+        return auth_mac(self.token, 'server', client_nonce)
