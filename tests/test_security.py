@@ -17,8 +17,8 @@ import uuid
 import pytest
 from gpiozero import LED, PinInvalidPin
 
-from conftest import ServerProcess, start_script, wait_for
-from remoteio_factory import RemoteIOAuthError, RemoteIOConnectionError, server_status
+from conftest import ServerProcess, start_script
+from remoteio_factory import RemoteIOAuthError, server_status
 from remoteio_factory.protocol import auth_mac
 
 TOKEN = 'correct horse battery staple 42'
@@ -145,12 +145,6 @@ def run_in(netns, code, port, **env):
         capture_output=True, text=True, timeout=60,
         env=dict(os.environ, REMOTEIO_HOST=NETNS_HOST, REMOTEIO_PORT=str(port),
                  GPIOZERO_PIN_FACTORY='remoteio', **env))
-
-
-def listening_on_all(*args):
-    proc = ServerProcess.__new__(ServerProcess)
-    ServerProcess.__init__(proc, *args)
-    return proc
 
 
 @pytest.fixture
