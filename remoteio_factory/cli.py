@@ -85,7 +85,8 @@ def _gpio(text):
 
 def cmd_drive(args):
     from remoteio_factory.connection import Connection
-    connection = Connection(args.host, args.port)
+    from remoteio_factory.factory import tls_context
+    connection = Connection(args.host, args.port, tls=tls_context())
     try:
         connection.request('drive', pin=args.pin, state=LEVELS[args.level])
     finally:

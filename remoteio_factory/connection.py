@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 
-from remoteio_factory import protocol
+from remoteio_factory import protocol, transport
 from remoteio_factory._version import __version__
 from remoteio_factory.exc import (
     RemoteIOAuthError, RemoteIOConnectionError, RemoteIOFactoryClosed, exception_for)
@@ -102,7 +102,8 @@ class Connection:
     """
 
     def __init__(self, host, port, connect_timeout=DEFAULT_CONNECT_TIMEOUT,
-                 timeout=DEFAULT_TIMEOUT, on_error=None, on_push=None, mode=None, token=None):
+                 timeout=DEFAULT_TIMEOUT, on_error=None, on_push=None, mode=None, token=None,
+                 tls=None):
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -131,6 +132,17 @@ class Connection:
         # A send may block only this long (a server that stopped reading).
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                         struct.pack('ll', int(timeout), int((timeout % 1) * 1e6)))
+        if tls is not None:
+            try:
+                self._sock = transport.wrap(tls, sock, server_side=False, server_hostname=host,
+                                            timeout=connect_timeout)
+            except (OSError, ValueError) as exc:
+                sock.close()
+                raise RemoteIOConnectionError(
+                    f'TLS handshake with the remoteio server at {host}:{port} failed: {exc}. '
+                    f'Does the server use TLS (--tls-cert), and does REMOTEIO_TLS_CA hold the '
+                    f'certificate that signed its own?') from None
+            self._sock.settimeout(None)
         self._reader = threading.Thread(
             target=self._read_loop, name=f'remoteio-reader-{host}:{port}', daemon=True)
         self._reader.start()
@@ -140,7 +152,14 @@ class Connection:
         if mode is not None:
             hello['mode'] = mode
         try:
-            self.hello = self.request('hello', timeout=connect_timeout, **hello)
+            try:
+                self.hello = self.request('hello', timeout=connect_timeout, **hello)
+            except RemoteIOConnectionError as exc:
+                if tls is not None or self._server_reason:
+                    raise
+                raise RemoteIOConnectionError(
+                    f'{exc} (no answer to hello: if the server uses TLS, set REMOTEIO_TLS_CA '
+                    f'to the certificate that signed its own)') from None
             if self.hello.get('auth'):
                 self._authenticate(token, connect_timeout)
             #: The server's monotonic clock minus ours (edge times are converted with it).

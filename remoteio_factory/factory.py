@@ -27,6 +27,21 @@ from remoteio_factory.connection import (
 from remoteio_factory.events import EventDispatcher
 from remoteio_factory.exc import exception_for
 from remoteio_factory.pin import RemoteIOPin
+from remoteio_factory.transport import client_context
+
+
+def tls_context(tls=None, tls_ca=None):
+    """
+    The client's SSL context: *tls* may be one already; else TLS is on when
+    *tls* is true, *tls_ca* is given, ``REMOTEIO_TLS_CA`` names a CA file or
+    ``REMOTEIO_TLS`` is ``1`` (then the system's CAs check the server).
+    """
+    if tls is not None and not isinstance(tls, bool):
+        return tls
+    tls_ca = tls_ca or os.environ.get('REMOTEIO_TLS_CA') or None
+    if tls is None:
+        tls = bool(tls_ca) or os.environ.get('REMOTEIO_TLS', '') in ('1', 'yes', 'true')
+    return client_context(cafile=tls_ca) if tls else None
 
 
 def _env_float(name, default):
@@ -69,6 +84,12 @@ class RemoteIOFactory(PiFactory):
         never sent: the client proves it knows it, and the server proves it
         too. A missing or wrong token raises
         :exc:`~remoteio_factory.RemoteIOAuthError`.
+    :param tls:
+        ``True`` to talk TLS (``REMOTEIO_TLS=1``), or an :class:`ssl.SSLContext`.
+    :param str tls_ca:
+        A CA certificate file (PEM) that signed the server's certificate
+        (``REMOTEIO_TLS_CA``); giving one turns TLS on. The server's name
+        (*host*) must match its certificate.
     :param str mode:
         ``wait`` or ``nowait`` for this connection's timed tasks
         (``REMOTEIO_MODE``; default: the server's ``--mode``). In ``wait`` mode
@@ -81,7 +102,7 @@ class RemoteIOFactory(PiFactory):
     """
 
     def __init__(self, host=None, port=None, *, timeout=None, connect_timeout=None, mode=None,
-                 token=None):
+                 token=None, tls=None, tls_ca=None):
         super().__init__()
         if host is None:
             host = os.environ.get('REMOTEIO_HOST', 'localhost')
@@ -96,7 +117,8 @@ class RemoteIOFactory(PiFactory):
                                                           DEFAULT_CONNECT_TIMEOUT),
             timeout=timeout or _env_float('REMOTEIO_TIMEOUT', DEFAULT_TIMEOUT),
             on_error=self._pin_failed, on_push=self._pushed,
-            mode=mode or os.environ.get('REMOTEIO_MODE') or None, token=token)
+            mode=mode or os.environ.get('REMOTEIO_MODE') or None, token=token,
+            tls=tls_context(tls, tls_ca))
         hello = self._connection.hello
         self._events = EventDispatcher(
             self._deliver_event, self._connection.clock_offset,

@@ -22,7 +22,9 @@ def server_status(host=None, port=None, history=20, timeout=DEFAULT_CONNECT_TIME
         host = os.environ.get('REMOTEIO_HOST', 'localhost')
     if port is None:
         port = int(os.environ.get('REMOTEIO_PORT', protocol.DEFAULT_PORT))
-    connection = Connection(host, int(port), connect_timeout=timeout, timeout=10.0, token=token)
+    from remoteio_factory.factory import tls_context
+    connection = Connection(host, int(port), connect_timeout=timeout, timeout=10.0, token=token,
+                            tls=tls_context())
     try:
         reply = connection.request('status', history=history)
     finally:

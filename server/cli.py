@@ -12,6 +12,7 @@ import sys
 
 from remoteio_factory import protocol
 from remoteio_factory._version import __version__
+from remoteio_factory.transport import server_context
 from remoteio_server import backends
 from remoteio_server.access import AccessPolicy, parse_hosts, parse_pins
 from remoteio_server.daemon import DEFAULT_LEASE, MODES, run_server
@@ -79,6 +80,11 @@ def parser():
                         '(default: any, subject to protected mode)')
     p.add_argument('--allow-pins', default=_env('ALLOW_PINS', None), metavar='LIST',
                    help='GPIOs clients may claim, e.g. 17,18,22-27 (default: all)')
+    p.add_argument('--tls-cert', default=_env('TLS_CERT', None), metavar='FILE',
+                   help='serve TLS with this certificate (chain) in PEM; clients then need '
+                        'REMOTEIO_TLS_CA (or REMOTEIO_TLS=1 for a publicly trusted certificate)')
+    p.add_argument('--tls-key', default=_env('TLS_KEY', None), metavar='FILE',
+                   help='the private key of --tls-cert, if it is not in the same file')
     p.add_argument('--lease', type=float, default=float(_env('LEASE', DEFAULT_LEASE)),
                    metavar='SECONDS',
                    help='a connection silent for this long is treated as gone and its pins are '
@@ -159,6 +165,14 @@ def main(argv=None):
             parser().error(f'--revision must be a hexadecimal board revision, not {args.revision!r}')
 
     access = access_policy(args)
+    tls = None
+    if args.tls_cert:
+        try:
+            tls = server_context(args.tls_cert, args.tls_key)
+        except (OSError, ValueError) as exc:
+            parser().error(f'--tls-cert/--tls-key: {exc}')
+    elif args.tls_key:
+        parser().error('--tls-key goes with --tls-cert')
 
     def ready(server):
         # One line on stdout that tools (and the tests) wait for.
@@ -170,7 +184,7 @@ def main(argv=None):
         run_server(port=args.port, mode=args.mode, host=args.host, backend=args.backend,
                    revision=args.revision, ready=ready, max_message=args.max_message,
                    max_clients=args.max_clients, max_pins=args.max_pins, spares=args.spares,
-                   mock_wires=args.mock_wire, access=access, lease=args.lease)
+                   mock_wires=args.mock_wire, access=access, lease=args.lease, tls=tls)
     except OSError as exc:
         print(f'remoteio-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}',
               file=sys.stderr)

@@ -52,7 +52,7 @@ class Server:
     def __init__(self, host='0.0.0.0', port=protocol.DEFAULT_PORT, backend='auto',
                  mode='wait', revision=None, max_message=protocol.MAX_MESSAGE,
                  max_clients=64, max_pins=64, spares=2, shutdown_timeout=10.0, mock_wires=(),
-                 access=None, lease=DEFAULT_LEASE):
+                 access=None, lease=DEFAULT_LEASE, tls=None):
         if mode not in MODES:
             raise ValueError(f'mode must be one of {", ".join(MODES)}, not {mode!r}')
         if backend != 'auto' and backend not in backends.BACKENDS:
@@ -65,6 +65,7 @@ class Server:
         self.mock_wires = list(mock_wires)
         self.access = access or AccessPolicy()
         self.lease = lease
+        self.tls = tls                # an ssl.SSLContext (server side), or None
         self.host = host
         self.port = port
         self.requested_backend = backend
@@ -195,6 +196,7 @@ class Server:
             'monotonic': time.monotonic(),
             'max_message': self.max_message,
             'lease': self.lease,
+            'tls': self.tls is not None,
         }
 
     def status(self, history=20):
@@ -219,6 +221,7 @@ class Server:
                 'allow_pins': None if self.access.allow_pins is None
                 else sorted(self.access.allow_pins),
                 'lease': self.lease,
+                'tls': self.tls is not None,
             },
             'clients': [
                 {'id': s.id, 'peer': s.peer, 'client': s.client, 'mode': s.mode,

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 
-from remoteio_factory import protocol
+from remoteio_factory import protocol, transport
 from remoteio_factory.protocol import MODES, ProtocolError, error_reply, encode
 from remoteio_server.tasks import KINDS as TASK_KINDS
 from remoteio_server.tasks import Task
@@ -124,6 +124,13 @@ class Session:
         """The session's thread: read and handle requests until the connection ends."""
         reader = protocol.LineReader(self.server.max_message)
         reason = 'connection closed by the client'
+        if self.server.tls is not None:
+            try:
+                self.sock = transport.wrap(self.server.tls, self.sock, server_side=True)
+            except (OSError, ValueError) as exc:
+                log.warning('client %s: TLS handshake failed: %s', self.peer, exc)
+                self.close(f'TLS handshake failed: {exc}')
+                return
         self.sock.settimeout(self.server.lease or None)
         try:
             while not self.closed:

@@ -18,7 +18,8 @@ import pytest
 from gpiozero import LED, PinInvalidPin
 
 from conftest import ServerProcess, start_script
-from remoteio_factory import RemoteIOAuthError, server_status
+from remoteio_factory import (
+    RemoteIOAuthError, RemoteIOConnectionError, RemoteIOFactory, server_status)
 from remoteio_factory.protocol import auth_mac
 
 TOKEN = 'correct horse battery staple 42'
@@ -318,3 +319,82 @@ def test_fuzzing_never_hurts_the_server_or_a_bystander(server, factory):
     assert bystander.value == 1 and server.pin(20)['state'] is True
     bystander.close()
     print(f'fuzz: {sum(counts.values())} messages in {len(counts)} categories')
+
+
+# TLS -----------------------------------------------------------------------------------
+
+def make_certificate(directory, name):
+    """A self-signed certificate for localhost and 127.0.0.1 (its own CA)."""
+    cert, key = directory / f'{name}.pem', directory / f'{name}.key'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1',
+                    '-keyout', str(key), '-out', str(cert), '-subj', '/CN=localhost',
+                    '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.fixture(scope='module')
+def tls_server(tmp_path_factory):
+    directory = tmp_path_factory.mktemp('tls')
+    try:
+        cert, key = make_certificate(directory, 'server')
+        other, _ = make_certificate(directory, 'other')
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f'openssl cannot make test certificates here: {exc}')
+    proc = ServerProcess('--tls-cert', str(cert), '--tls-key', str(key), '--mock-wire', '17:27')
+    proc.ca, proc.other_ca = str(cert), str(other)
+    yield proc
+    proc.stop()
+
+
+def test_tls_end_to_end(tls_server):
+    from gpiozero import Button
+    factory = tls_server.factory(tls_ca=tls_server.ca)
+    try:
+        led = LED(17, pin_factory=factory)
+        button = Button(27, pull_up=False, pin_factory=factory)
+        seen = []
+        button.when_pressed = lambda: seen.append(1)
+        for i in range(2000):                  # pipelined writes through the TLS pump
+            led.value = i % 2
+        led.on()
+        assert led.value == 1 and button.is_pressed
+        assert wait_until(lambda: len(seen) == 1000), len(seen)
+        status = server_status(tls_server.host, tls_server.port)   # with REMOTEIO_TLS_CA unset...
+    except RemoteIOConnectionError as exc:
+        assert 'TLS' in str(exc)                                    # ...a plain client is refused
+    else:
+        pytest.fail(f'a plain client got the status of a TLS server: {status}')
+    finally:
+        factory.close()
+    env_status = subprocess.run(
+        [sys.executable, '-m', 'remoteio_factory.cli', 'status', '--json', '--host', '127.0.0.1',
+         '--port', str(tls_server.port)], capture_output=True, text=True, timeout=30,
+        env=dict(os.environ, REMOTEIO_TLS_CA=tls_server.ca))
+    assert env_status.returncode == 0, env_status.stderr
+    assert json.loads(env_status.stdout)['security']['tls'] is True
+
+
+def wait_until(predicate, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_tls_with_a_certificate_we_do_not_trust_is_refused(tls_server):
+    started = time.monotonic()
+    with pytest.raises(RemoteIOConnectionError, match='TLS handshake .* failed'):
+        tls_server.factory(tls_ca=tls_server.other_ca)
+    assert time.monotonic() - started < 5
+    assert tls_server.alive()
+
+
+def test_a_tls_client_of_a_plain_server_fails_promptly(server, tls_server):
+    started = time.monotonic()
+    with pytest.raises(RemoteIOConnectionError, match='TLS'):
+        RemoteIOFactory(host=server.host, port=server.port, tls_ca=tls_server.ca,
+                        connect_timeout=2)
+    assert time.monotonic() - started < 5

@@ -1,0 +1,207 @@
+"""
+TLS under the protocol, for both halves.
+
+Flow: connection (client) / session (server) → **transport** → TCP.
+
+Both ends read a connection on one thread and write to it from several
+(pipelined writes, replies from several pin workers). A plain socket allows
+that; an SSL connection does not (OpenSSL lets one thread use it at a time).
+So :class:`TLSTransport` gives the SSL socket to a pump thread of its own,
+which does all of its reading and writing; the other threads hand it bytes
+to send and take the bytes it has read. It offers the few socket methods the
+protocol code uses (``recv``, ``sendall``, ``settimeout``, ``shutdown``,
+``close``), so a plain socket and a TLS transport are used alike.
+"""
+
+import os
+import select
+import socket
+import ssl
+import threading
+from collections import deque
+
+#: Bytes a writer may queue before it waits for the pump (back-pressure).
+SEND_BUFFER = 1 << 20
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def client_context(cafile=None, check_hostname=True):
+    """An SSL context for a client: the server's certificate checked against *cafile*."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.check_hostname = check_hostname
+    return context
+
+
+def server_context(certfile, keyfile=None):
+    """An SSL context for the server, from its certificate chain and key."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+def wrap(context, sock, server_side, server_hostname=None, timeout=HANDSHAKE_TIMEOUT):
+    """Do the TLS handshake on *sock* (bounded by *timeout*) and return a :class:`TLSTransport`."""
+    sock.settimeout(timeout)
+    tls = context.wrap_socket(sock, server_side=server_side, server_hostname=server_hostname)
+    return TLSTransport(tls)
+
+
+class TLSTransport:
+    """An SSL socket driven by a pump thread; see the module docstring."""
+
+    def __init__(self, tls):
+        self._tls = tls
+        tls.setblocking(False)
+        self._incoming = deque()
+        self._outgoing = bytearray()
+        self._lock = threading.Lock()
+        self._readable = threading.Condition(self._lock)
+        self._drained = threading.Condition(self._lock)
+        self._timeout = None
+        self._eof = False
+        self._error = None
+        self._shut_write = False
+        self._closed = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._pump = threading.Thread(target=self._run, name='remoteio-tls', daemon=True)
+        self._pump.start()
+
+    # The socket methods the protocol code uses -------------------------------
+
+    def settimeout(self, timeout):
+        self._timeout = timeout
+
+    def recv(self, size):
+        with self._lock:
+            if not self._readable.wait_for(
+                    lambda: self._incoming or self._eof or self._error, self._timeout):
+                raise socket.timeout('timed out')
+            if self._incoming:
+                chunk = self._incoming.popleft()
+                if len(chunk) > size:
+                    self._incoming.appendleft(chunk[size:])
+                    chunk = chunk[:size]
+                return chunk
+            if self._eof:
+                return b''
+            raise self._error
+
+    def sendall(self, data):
+        with self._lock:
+            if not self._drained.wait_for(
+                    lambda: len(self._outgoing) < SEND_BUFFER or self._error or self._closed,
+                    self._timeout):
+                raise socket.timeout('timed out')
+            if self._error is not None:
+                raise self._error
+            if self._closed or self._shut_write:
+                raise OSError('the TLS connection is closed')
+            self._outgoing += data
+        self._wake()
+
+    def shutdown(self, how):
+        with self._lock:
+            if how in (socket.SHUT_WR, socket.SHUT_RDWR):
+                self._shut_write = True
+            if how in (socket.SHUT_RD, socket.SHUT_RDWR):
+                self._eof = True
+                self._readable.notify_all()
+        self._wake()
+
+    def close(self):
+        with self._lock:
+            self._closed = True
+            self._eof = True
+            self._readable.notify_all()
+            self._drained.notify_all()
+        self._wake()
+        if threading.current_thread() is not self._pump:
+            self._pump.join(2)
+
+    # The pump ------------------------------------------------------------------
+
+    def _wake(self):
+        try:
+            os.write(self._wake_w, b'x')
+        except (BlockingIOError, OSError):
+            pass
+
+    def _run(self):
+        tls = self._tls
+        try:
+            while True:
+                with self._lock:
+                    if self._closed:
+                        break
+                    want_write = bool(self._outgoing)
+                    shut_now = self._shut_write and not self._outgoing
+                if shut_now:
+                    try:
+                        tls.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                    with self._lock:
+                        self._shut_write = False
+                        self._outgoing.clear()
+                if not tls.pending():
+                    readable, writable, _ = select.select(
+                        [tls, self._wake_r], [tls] if want_write else [], [])
+                    if self._wake_r in readable:
+                        os.read(self._wake_r, 4096)
+                else:
+                    readable, writable = [tls], []
+                if tls in readable:
+                    self._read_some(tls)
+                if writable or want_write:
+                    self._write_some(tls)
+        except _Finished:
+            with self._lock:
+                self._error = OSError('the peer closed the TLS connection')
+                self._readable.notify_all()
+                self._drained.notify_all()
+        except (OSError, ValueError) as exc:
+            with self._lock:
+                self._error = exc if isinstance(exc, OSError) else OSError(str(exc))
+                self._readable.notify_all()
+                self._drained.notify_all()
+        finally:
+            try:
+                tls.close()
+            except OSError:
+                pass
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _read_some(self, tls):
+        while True:
+            try:
+                data = tls.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            with self._lock:
+                if not data:
+                    self._eof = True
+                else:
+                    self._incoming.append(data)
+                self._readable.notify_all()
+            if not data:
+                raise _Finished()
+
+    def _write_some(self, tls):
+        with self._lock:
+            chunk = bytes(self._outgoing[:65536])
+        if not chunk:
+            return
+        try:
+            sent = tls.send(chunk)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        with self._lock:
+            del self._outgoing[:sent]
+            self._drained.notify_all()
+
+
+class _Finished(OSError):
+    """The peer closed the TLS connection (not an error for readers: they see EOF)."""
