@@ -1,5 +1,5 @@
 """
-``python -m bench [--quick] [--json PATH]``: benchmark remoteio-factory
+``python -m bench [--quick] [--only PHASE,...] [--json PATH]``: benchmark remoteio-factory
 against a server of its own.
 
 The run starts a fresh ``remoteio-server --host 127.0.0.1 --port 0 --backend
@@ -63,6 +63,22 @@ TCP echo server (:mod:`bench.echo`), each in its own process, and measures:
     from just before the write to the callback. Events missing, extra or of
     the wrong level are counted (target 0).
 
+12. **Load**: 8 client processes (``python -m bench.loadclient``), each with
+    its own ``RemoteIOFactory`` and 3 pins of GPIO 2..25 (24 pins), each
+    pin an output with PWM at 100 Hz, written at 25 Hz (absolute deadlines,
+    one writer thread per pin) for 60 s (8 s with --quick), all starting
+    together. Each write's duty cycle encodes its counter (``((k % 9973) +
+    1) / 10000``: unique per pin, never equal to the one before), so the
+    server's history (the last ≤ 1000 changes of each pin), after a final
+    read of each pin, must equal the tail of what was sent, and its
+    ``writes`` counter must have grown by what was sent. Writes sent (target:
+    all planned), lost, duplicated and reordered (target 0), pins whose
+    history or final read is amiss (target 0), the slowest pin's rate at the
+    server (target ≥ 24.5 Hz), the clients' write lateness against the
+    deadlines (p99) and the server's CPU over the 60 s (main process, zygote,
+    workers, total; % of one core). The clients' stderr goes to
+    ``load_clients.log`` beside the JSON.
+
 Phases 7 to 9 also count tasks that did not complete and edges that are
 missing or extra (target 0).
 
@@ -91,6 +107,8 @@ from bench import figures, harness
 from bench.figures import Figure, format_number
 
 DEFAULT_JSON = harness.REPO_ROOT / 'bench' / 'results' / 'latest.json'
+#: Where a run of selected phases (``--only``) writes, unless told: not over a whole run's.
+PARTIAL_JSON = harness.REPO_ROOT / 'bench' / 'results' / 'partial.json'
 SPARES = 2
 ROUND_TRIP_GPIO = 17
 PIPELINE_GPIOS = [17, 5, 6, 12, 13, 16, 20, 21]
@@ -103,17 +121,25 @@ TASK_GPIOS = list(range(2, 28))
 EVENT_WIRE = (0, 1)
 #: How long to wait for the server's workers to come and go between phases.
 SETTLE_TIMEOUT = 20.0
+#: What ``--only`` can select, in the order they run.
+PHASES = ('echo', 'client', 'claimed', 'tasks_1_pin', 'tasks_26_pins', 'pulse', 'events',
+          'load')
 
 
 class Run:
     """What a run has measured so far: rows, details per phase, and errors."""
 
-    def __init__(self, plan):
+    def __init__(self, plan, only=None):
         self.plan = plan
+        #: The phases to run (``--only``); None: all of them.
+        self.only = only
         self.started = datetime.now(timezone.utc).isoformat(timespec='seconds')
         self.figures = []
         self.details = {}
         self.errors = []
+
+    def selected(self, phase):
+        return self.only is None or phase in self.only
 
     def measure(self, phase, measurement):
         """Run ``measurement()`` → (figures, details); record an error as an ERROR row."""
@@ -238,13 +264,24 @@ def measure_events(run, server):
         factory.close()
 
 
-def measure_tasks(run, server):
-    """Phases 7 to 11, each after the server's workers have settled to the spares."""
+def measure_load(run, server, results_dir):
+    """Phase 12: the clients are processes of their own."""
+    run.measure('load', lambda: figures.measure_load(
+        server.pid, server.port, run.plan, results_dir / 'load_clients.log', SPARES,
+        SETTLE_TIMEOUT))
+
+
+def measure_tasks(run, server, results_dir):
+    """Phases 7 to 12, each after the server's workers have settled to the spares."""
     settling = run.details.setdefault('task_settling', {})
     for phase, measurement in (('tasks_1_pin', measure_on_1_pin),
                                ('tasks_26_pins', measure_26_pins),
                                ('pulse', measure_pulse),
-                               ('events', measure_events)):
+                               ('events', measure_events),
+                               ('load', lambda run, server: measure_load(run, server,
+                                                                          results_dir))):
+        if not run.selected(phase):
+            continue
         try:
             if server.process.poll() is not None:
                 raise RuntimeError(f'the server has ended (exit code {server.process.returncode})')
@@ -261,28 +298,33 @@ def measure_all(run, results_dir):
     echo = server = None
     stops = {}
     try:
-        echo = harness.start_echo_server(lifetime=600)
+        if run.selected('echo'):
+            echo = harness.start_echo_server(lifetime=600)
         server = harness.start_server(results_dir / 'server.log', ['--spares', str(SPARES)],
                                       mock_wires=[EVENT_WIRE])
         run.details['server'] = {
             'ready_line': server.ready_line,
             'workers_at_start': harness.wait_for_workers(server.pid, SPARES, SETTLE_TIMEOUT),
         }
-        echo_details = run.measure(
-            'echo', lambda: figures.measure_echo(echo.pid, echo.port, run.plan))
-        try:
-            measure_client(run, server, echo_details)
-        except Exception as exc:
-            run.fail('client', exc)
+        echo_details = None
+        if echo is not None:
+            echo_details = run.measure(
+                'echo', lambda: figures.measure_echo(echo.pid, echo.port, run.plan))
+        if run.selected('client'):
+            try:
+                measure_client(run, server, echo_details)
+            except Exception as exc:
+                run.fail('client', exc)
         # Let the released pins' workers end before claiming every pin again.
         run.details['server']['workers_between_phases'] = harness.wait_for_workers(
             server.pid, SPARES, SETTLE_TIMEOUT)
+        if run.selected('claimed'):
+            try:
+                measure_claimed(run, server)
+            except Exception as exc:
+                run.fail('claimed', exc)
         try:
-            measure_claimed(run, server)
-        except Exception as exc:
-            run.fail('claimed', exc)
-        try:
-            measure_tasks(run, server)
+            measure_tasks(run, server, results_dir)
         except Exception as exc:
             run.fail('tasks', exc)
     except Exception as exc:
@@ -333,6 +375,7 @@ def format_table(rows):
 def report(run, machine, seconds):
     return {
         'plan': run.plan.__dict__,
+        'only': sorted(run.only) if run.only is not None else None,
         'started': run.started,
         'seconds': seconds,
         'machine': machine,
@@ -348,19 +391,34 @@ def exit_status(run):
     return 1 if any(figure.passed is False for figure in run.figures) else 0
 
 
+def phase_list(text):
+    phases = {name.strip() for name in text.split(',') if name.strip()}
+    unknown = sorted(phases - set(PHASES))
+    if unknown or not phases:
+        raise argparse.ArgumentTypeError(
+            f'unknown phase {", ".join(unknown) or "(none)"}: choose from {", ".join(PHASES)}')
+    return phases
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog='python -m bench', description=__doc__.split('\n\n')[0])
     p.add_argument('--quick', action='store_true', help='fewer samples (under a minute)')
-    p.add_argument('--json', type=Path, default=DEFAULT_JSON, metavar='PATH',
+    p.add_argument('--json', type=Path, default=None, metavar='PATH',
                    help='where to write the results (default: bench/results/latest.json)')
+    p.add_argument('--only', metavar='PHASE,...', type=phase_list,
+                   help=f'run only these phases ({", ".join(PHASES)}); the default JSON is '
+                   f'then {PARTIAL_JSON.relative_to(harness.REPO_ROOT)}')
     args = p.parse_args(argv)
     plan = figures.QUICK if args.quick else figures.FULL
+    if args.json is None:
+        args.json = DEFAULT_JSON if args.only is None else PARTIAL_JSON
     args.json.parent.mkdir(parents=True, exist_ok=True)
 
     machine = harness.machine_info()
-    print(f'remoteio-factory benchmark ({plan.name}): {machine["cpu_model"]}, '
+    only = f', only {",".join(sorted(args.only, key=PHASES.index))}' if args.only else ''
+    print(f'remoteio-factory benchmark ({plan.name}{only}): {machine["cpu_model"]}, '
           f'{machine["nproc"]} CPUs, Python {machine["python"]}', flush=True)
-    run = Run(plan)
+    run = Run(plan, args.only)
     started = time.monotonic()
     measure_all(run, args.json.parent)
     seconds = time.monotonic() - started

@@ -19,7 +19,7 @@ from typing import Optional
 from gpiozero import DigitalInputDevice, DigitalOutputDevice, OutputDevice, PWMLED
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from bench import harness
+from bench import harness, loadclient
 
 MESSAGE_SIZE = 32
 WARMUP = 200
@@ -126,16 +126,18 @@ class Plan:
     pulse_cycles: int
     #: Edges sent through the virtual jumper wire, one at a time (event latency).
     event_edges: int
+    #: How long the load phase's clients write (8 processes × 3 pins × 25 Hz).
+    load_seconds: float
 
 
 QUICK = Plan('quick', echo_round_trips=3000, write_read_pairs=1500, reads=1500,
              pipelined_writes=20000, idle_seconds=2.0, loop_seconds=8.0,
              on_repeats=10, on_rounds=5, blink_seconds=3.0, pulse_cycles=2,
-             event_edges=100)
+             event_edges=100, load_seconds=8.0)
 FULL = Plan('full', echo_round_trips=20000, write_read_pairs=10000, reads=10000,
             pipelined_writes=100000, idle_seconds=5.0, loop_seconds=30.0,
             on_repeats=40, on_rounds=20, blink_seconds=10.0, pulse_cycles=6,
-            event_edges=500)
+            event_edges=500, load_seconds=60.0)
 
 
 # Helpers -----------------------------------------------------------------------
@@ -888,5 +890,232 @@ def measure_events(factory, out_gpio, in_gpio, echo, plan):
         'edge_time_before_write': edge_before_write,
         'latency_us_samples': [round(x, 1) for x in latency_us],
         'write_to_callback_us_samples': [round(x, 1) for x in round_trip_us],
+    }
+    return figures, details
+
+
+# 12. Load: many clients, each in its own process -------------------------------------
+
+LOAD_CLIENTS = 8
+LOAD_PINS_PER_CLIENT = 3
+#: GPIO 2..25: 24 pins, none of them the event phase's wire (GPIO0 → GPIO1).
+LOAD_GPIOS = list(range(2, 2 + LOAD_CLIENTS * LOAD_PINS_PER_CLIENT))
+#: Writes per second per pin, and the least a pin must get at the server.
+LOAD_RATE = 25.0
+LOAD_MIN_RATE = 24.5
+#: Seconds for the clients to start, connect, claim their pins and say ready.
+LOAD_READY_TIMEOUT = 30.0
+#: From sending the start time to the first deadline.
+LOAD_START_DELAY = 1.0
+#: Beyond the writes' own length: for the final reads, the status and the report.
+LOAD_RESULT_MARGIN = 30.0
+
+
+def sleep_until(moment):
+    time.sleep(max(0.0, moment - time.monotonic()))
+
+
+def load_client_message(client, by, kind):
+    """The client's next message (waiting until *by*), which must be of *kind*."""
+    message = client.read_message(max(0.0, by - time.monotonic()))
+    if 'error' in message:
+        raise RuntimeError(f'{client.name} failed: {message["error"]}')
+    if kind not in message:
+        raise RuntimeError(f'{client.name}: expected {kind!r}, got {sorted(message)}')
+    return message[kind]
+
+
+def analyse_load_pin(gpio, pin):
+    """
+    One pin's writes against the server: the values it recorded after the
+    mark (the last ≤ 1000 changes) must be the tail of what was sent, and its
+    ``writes`` counter must have grown by exactly the writes sent.
+    """
+    sent = pin['sent']
+    values = [loadclient.value(k) for k in range(sent)]
+    times = [t for t, _ in pin['history']]
+    states = [state for _, state in pin['history']]
+    overflowed = pin['history_overflowed']
+    counters = [loadclient.counter(state) for state in states]
+    known = [k for k in counters if k is not None and k < sent]
+    unknown = len(counters) - len(known)          # values this client never sent
+    duplicated = len(known) - len(set(known))
+    # Out of order: a write recorded before an earlier one (each at its first appearance,
+    # so that a duplicate counts as a duplicate only).
+    seen, firsts = set(), []
+    for k in known:
+        if k not in seen:
+            seen.add(k)
+            firsts.append(k)
+    reordered = sum(1 for a, b in zip(firsts, firsts[1:]) if b < a)
+    # Without overflow every write must be there; with it, those from the oldest kept one.
+    first_kept = 0 if not overflowed else (min(known) if known else sent)
+    lost = len(set(range(first_kept, sent)) - set(known))
+    before, after = pin['writes_before'], pin['writes_after']
+    executed = after - before if None not in (before, after) else None
+    counter_lost = max(0, sent - executed) if executed is not None else 0
+    counter_extra = max(0, executed - sent) if executed is not None else 0
+    tail_equal = bool(states) and states == values[-len(states):] and (
+        overflowed or len(states) == len(values))
+    final_ok = bool(values) and pin['final_read'] == values[-1]
+    intervals = [b - a for a, b in zip(times, times[1:])]
+    client_span = (pin['last_write'] - pin['first_write']
+                   if pin['first_write'] is not None and sent > 1 else None)
+    return {
+        'gpio': gpio, 'sent': sent, 'executed': executed,
+        'lost': max(lost, counter_lost), 'duplicated': max(duplicated, counter_extra),
+        'reordered': reordered, 'unknown_values': unknown,
+        'lost_in_history': lost, 'duplicated_in_history': duplicated,
+        'counter_lost': counter_lost, 'counter_extra': counter_extra,
+        'history_changes': len(states), 'history_overflowed': overflowed,
+        'history_tail_equal': tail_equal, 'final_read': pin['final_read'],
+        'final_read_ok': final_ok,
+        'writer_error': pin['error'], 'writer_alive': pin['alive'],
+        'status_error': pin['status_error'],
+        # Rates: changes recorded by the server over its history's span, and the client's.
+        'server_rate_hz': (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None,
+        'server_span_s': times[-1] - times[0] if times else None,
+        'client_rate_hz': (sent - 1) / client_span if client_span else None,
+        'server_interval_error_ms': error_summary_ms([i - 1 / LOAD_RATE for i in intervals]),
+        'amiss': not (tail_equal and final_ok) or unknown > 0 or bool(pin['error'])
+        or pin['alive'] or bool(pin['status_error']),
+    }
+
+
+def run_load_clients(server_pid, port, count, log, expected_workers, settle_timeout):
+    """
+    Start the clients, wait until all are ready and the server has settled,
+    start them together and take the server's CPU (and the clients') over
+    the writes; return what each said, and what happened meanwhile.
+    """
+    groups = [LOAD_GPIOS[i:i + LOAD_PINS_PER_CLIENT]
+              for i in range(0, len(LOAD_GPIOS), LOAD_PINS_PER_CLIENT)]
+    seconds = count / LOAD_RATE
+    lifetime = LOAD_READY_TIMEOUT + LOAD_START_DELAY + seconds + LOAD_RESULT_MARGIN + 30
+    clients, run = [], {'groups': groups, 'failures': [], 'stops': []}
+    try:
+        for gpios in groups:
+            clients.append(harness.start_load_client(port, gpios, count, LOAD_RATE, log,
+                                                     lifetime))
+        ready_by = time.monotonic() + LOAD_READY_TIMEOUT
+        run['ready'] = [load_client_message(client, ready_by, 'ready') for client in clients]
+        run['workers_before'] = harness.wait_for_workers(server_pid, expected_workers,
+                                                         settle_timeout)
+        run['load_average_before'] = os.getloadavg()
+        start = time.monotonic() + LOAD_START_DELAY
+        for client in clients:
+            client.send({'start': start})
+        pids = [client.pid for client in clients]
+        sleep_until(start)
+        cpu_before, clients_before = harness.cpu_ticks_by_role(server_pid), harness.cpu_ticks(pids)
+        wall_before = time.monotonic()
+        sleep_until(start + seconds)
+        cpu_after, clients_after = harness.cpu_ticks_by_role(server_pid), harness.cpu_ticks(pids)
+        run['cpu_seconds'] = harness.cpu_seconds_between(cpu_before, cpu_after)
+        run['cpu_window_s'] = time.monotonic() - wall_before
+        run['cpu_window_late_s'] = wall_before - start
+        run['client_cpu_seconds'] = {
+            pid: (ticks - clients_before.get(pid, 0)) / harness.CLOCK_TICKS_PER_SECOND
+            for pid, ticks in clients_after.items()}
+        run['load_average_after'] = os.getloadavg()
+        results_by = time.monotonic() + LOAD_RESULT_MARGIN
+        run['results'] = []
+        for client in clients:
+            try:
+                run['results'].append(load_client_message(client, results_by, 'result'))
+            except Exception as exc:
+                run['failures'].append({'client': client.name, 'error': f'{type(exc).__name__}: {exc}'})
+    finally:
+        for client in clients:
+            run['stops'].append(client.stop())
+    return run
+
+
+def measure_load(server_pid, port, plan, log_path, spares, settle_timeout):
+    """
+    8 client processes, each with its own factory and 3 pins (GPIO 2..25),
+    each pin written at 25 Hz (PWM duty cycles that encode a counter) for
+    ``plan.load_seconds``; then every write is checked against the server's
+    history and ``writes`` counter.
+    """
+    count = max(2, round(plan.load_seconds * LOAD_RATE))
+    if count >= loadclient.VALUE_PERIOD:
+        raise ValueError(f'{count} writes per pin: the values would repeat')
+    with open(log_path, 'w') as log:
+        run = run_load_clients(server_pid, port, count, log, len(LOAD_GPIOS) + spares,
+                               settle_timeout)
+
+    pins, lateness_ms = [], []
+    for result in run['results']:
+        for gpio, pin in result['pins'].items():
+            pins.append(analyse_load_pin(int(gpio), pin))
+            lateness_ms.extend(late * 1000 for late in pin['lateness_s'])
+    failed_clients = len(run['failures'])
+    reported = {pin['gpio'] for pin in pins}
+    unreported = [gpio for gpio in LOAD_GPIOS if gpio not in reported]
+    planned = count * len(LOAD_GPIOS)
+    sent = sum(pin['sent'] for pin in pins)
+    lost = sum(pin['lost'] for pin in pins)
+    duplicated = sum(pin['duplicated'] for pin in pins)
+    reordered = sum(pin['reordered'] for pin in pins)
+    amiss = sum(1 for pin in pins if pin['amiss']) + len(unreported)
+    rates = [pin['server_rate_hz'] for pin in pins]
+    slowest = None if None in rates or unreported or not rates else min(rates)
+    late = summary(lateness_ms)
+
+    window = run['cpu_window_s']
+    by_role = {role: sum(used.values()) for role, used in run['cpu_seconds'].items()}
+    percent = {role: used / window * 100 for role, used in by_role.items()}
+    total = sum(by_role.values()) / window * 100
+    worker_seconds = sorted(run['cpu_seconds'].get('workers', {}).values())
+    label = (f'load: {LOAD_CLIENTS} clients × {LOAD_PINS_PER_CLIENT} pins × {LOAD_RATE:g} Hz, '
+             f'{count / LOAD_RATE:g} s')
+    cpu = 'server CPU under load, % of one core'
+    figures = [
+        Figure('load_writes_sent', f'{label}: writes sent', sent, 'count',
+               target=Target(planned, at_most=False), note=f'{planned} planned'),
+        Figure('load_writes_lost', 'load: writes lost', lost, 'count', target=Target(0)),
+        Figure('load_writes_duplicated', 'load: writes duplicated', duplicated, 'count',
+               target=Target(0)),
+        Figure('load_writes_reordered', 'load: writes reordered', reordered, 'count',
+               target=Target(0)),
+        Figure('load_pins_amiss', 'load: pins whose history/final read ≠ writes sent', amiss,
+               'count', target=Target(0),
+               note=f'{failed_clients} clients failed' if failed_clients else ''),
+        Figure('load_rate_min_hz', f'load: write rate per pin at the server, slowest of '
+               f'{len(LOAD_GPIOS)}', slowest, 'Hz', target=Target(LOAD_MIN_RATE, at_most=False)),
+        Figure('load_lateness_p99_ms', f'load: client write lateness, p99 of {late["count"]}',
+               late.get('p99'), 'ms', note='monotonic() at the write − its absolute deadline'),
+        Figure('load_cpu_server_percent', f'{cpu}: main process', percent.get('server'), '%'),
+        Figure('load_cpu_zygote_percent', f'{cpu}: zygote', percent.get('zygote'), '%'),
+        Figure('load_cpu_workers_percent',
+               f'{cpu}: {len(worker_seconds)} workers together', percent.get('workers'), '%'),
+        Figure('load_cpu_total_percent', f'{cpu}: total', total, '%'),
+    ]
+    details = {
+        'clients': LOAD_CLIENTS, 'pins_per_client': LOAD_PINS_PER_CLIENT,
+        'groups': run['groups'], 'rate_hz': LOAD_RATE, 'writes_per_pin': count,
+        'pwm_frequency': loadclient.PWM_FREQUENCY,
+        'value': f'((k % {loadclient.VALUE_PERIOD}) + 1) / {loadclient.VALUE_SCALE}',
+        'writes_planned': planned, 'writes_sent': sent, 'lost': lost,
+        'duplicated': duplicated, 'reordered': reordered, 'pins_amiss': amiss,
+        'pins_unreported': unreported, 'client_failures': run['failures'],
+        'lateness_ms': late,
+        'server_rate_hz': summary([r for r in rates if r is not None]),
+        'client_rate_hz': summary([p['client_rate_hz'] for p in pins
+                                   if p['client_rate_hz'] is not None]),
+        'cpu_window_s': window, 'cpu_window_started_late_s': run['cpu_window_late_s'],
+        'cpu_seconds_by_role': by_role, 'cpu_percent_by_role': percent,
+        'cpu_percent_total': total,
+        'processes_by_role': {role: len(used) for role, used in run['cpu_seconds'].items()},
+        'worker_cpu_percent': summary([s / window * 100 for s in worker_seconds]),
+        'clients_cpu_percent': {str(pid): s / window * 100
+                                for pid, s in run['client_cpu_seconds'].items()},
+        'clients_cpu_percent_total': sum(run['client_cpu_seconds'].values()) / window * 100,
+        'workers_before_start': run['workers_before'],
+        'load_average_before': run['load_average_before'],
+        'load_average_after': run['load_average_after'],
+        'client_stops': run['stops'], 'client_log': str(log_path),
+        'per_pin': pins,
     }
     return figures, details

@@ -10,9 +10,12 @@ The processes a benchmark run starts, and what /proc says about them.
   claimed pin, plus spares) is
   found by walking ``/proc``; :func:`cpu_ticks` and :func:`memory_kb` read
   ``/proc/PID/stat`` and ``/proc/PID/smaps_rollup`` for each process.
+* :class:`JsonLineProcess` runs a client of the load phase
+  (:mod:`bench.loadclient`, :func:`start_load_client`).
 * :func:`machine_info` describes the machine for the JSON report.
 """
 
+import json
 import os
 import platform
 import re
@@ -132,6 +135,79 @@ def start_echo_server(lifetime):
     return ChildProcess('echo server', argv).start()
 
 
+class JsonLineProcess:
+    """
+    A program that talks JSON lines on stdin/stdout (:mod:`bench.loadclient`):
+    :meth:`read_message` waits (bounded in time and bytes) for its next line,
+    :meth:`send` writes one; :meth:`stop` ends it by pid (SIGTERM, then
+    SIGKILL) if it is still running. Its stderr goes to *log* (an open file).
+    """
+
+    MAX_BYTES = 64 * 1024 * 1024
+
+    def __init__(self, name, argv, log):
+        self.name = name
+        self.process = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=log)
+        self._buffer = b''
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def send(self, message):
+        self.process.stdin.write((json.dumps(message) + '\n').encode())
+        self.process.stdin.flush()
+
+    def read_message(self, timeout):
+        """The next JSON line from the program's stdout."""
+        deadline = time.monotonic() + timeout
+        fd = self.process.stdout.fileno()
+        while b'\n' not in self._buffer and len(self._buffer) < self.MAX_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f'{self.name}: no message within {timeout:.1f} s')
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if not readable:
+                continue
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                raise RuntimeError(f'{self.name} ended (exit code {self.process.poll()}) '
+                                   f'without a message')
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b'\n')
+        return json.loads(line)
+
+    def stop(self, timeout=5.0):
+        """Wait up to *timeout* for it to end by itself, then SIGTERM, then SIGKILL."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass  # it has ended already (broken pipe)
+        outcome = {'pid': self.pid, 'killed': None}
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGTERM)
+            outcome['killed'] = 'SIGTERM'
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                outcome['killed'] = 'SIGKILL'
+                self.process.wait(5)
+        self.process.stdout.close()
+        outcome['exit_code'] = self.process.returncode
+        return outcome
+
+
+def start_load_client(port, gpios, count, rate, log, lifetime):
+    argv = [sys.executable, '-m', 'bench.loadclient', '--port', str(port),
+            '--gpios', ','.join(map(str, gpios)), '--count', str(count), '--rate', str(rate),
+            '--lifetime', str(int(lifetime))]
+    return JsonLineProcess(f'load client {",".join(map(str, gpios))}', argv, log)
+
+
 def stop_server_tree(server):
     """
     Stop the server and check that it took its whole process tree with it.
@@ -235,6 +311,23 @@ def cpu_seconds_by_role(root):
     """CPU seconds used so far by each role of the server's tree (see :func:`server_roles`)."""
     return {role: sum(cpu_ticks(pids).values()) / CLOCK_TICKS_PER_SECOND
             for role, pids in server_roles(root).items()}
+
+
+def cpu_ticks_by_role(root):
+    """``{role: {pid: ticks}}`` of the server's tree now (see :func:`server_roles`)."""
+    return {role: cpu_ticks(pids) for role, pids in server_roles(root).items()}
+
+
+def cpu_seconds_between(before, after):
+    """
+    ``{role: {pid: CPU seconds}}`` used between two :func:`cpu_ticks_by_role`
+    readings, by the processes of each role at the second one (a process
+    that appeared meanwhile counts whole; one that ended is not seen).
+    """
+    earlier = {pid: ticks for pids in before.values() for pid, ticks in pids.items()}
+    return {role: {pid: (ticks - earlier.get(pid, 0)) / CLOCK_TICKS_PER_SECOND
+                   for pid, ticks in pids.items()}
+            for role, pids in after.items()}
 
 
 def cpu_ticks(pids):

@@ -103,12 +103,13 @@ class Connection:
 
     def __init__(self, host, port, connect_timeout=DEFAULT_CONNECT_TIMEOUT,
                  timeout=DEFAULT_TIMEOUT, on_error=None, on_push=None, mode=None, token=None,
-                 tls=None):
+                 tls=None, on_lost=None):
         self.host = host
         self.port = port
         self.timeout = timeout
         self.on_error = on_error
         self.on_push = on_push
+        self.on_lost = None      # set once connected: a failed connect is no loss
         self._ids = itertools.count(1)
         self._waiters = {}
         self._tasks = {}
@@ -167,6 +168,7 @@ class Connection:
         except Exception:
             self.close(graceful=False)
             raise
+        self.on_lost = on_lost
         lease = self.hello.get('lease') or 0
         if lease > 0:
             threading.Thread(target=self._heartbeat, args=(lease,), daemon=True,
@@ -359,6 +361,8 @@ class Connection:
             self._broken = reason
             if not self._closing:
                 log.error('lost the remoteio server at %s:%s: %s', self.host, self.port, reason)
+                if self.on_lost is not None:
+                    self.on_lost(reason)
         for waiter in list(self._waiters.values()):
             waiter.event.set()
         for handle in list(self._tasks.values()):

@@ -12,22 +12,27 @@ it on the server, so two clients cannot drive one pin; releasing the last
 reservation releases it there.
 """
 
+import logging
 import os
+import threading
 import weakref
 
 from gpiozero.exc import GPIOPinInUse
 from gpiozero.mixins import SharedMixin
 from gpiozero.pins.pi import PiFactory
 from gpiozero.pins.spi import SPISoftware
-from time import monotonic
+from time import monotonic, sleep
 
 from remoteio_factory import protocol
 from remoteio_factory.connection import (
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Connection)
 from remoteio_factory.events import EventDispatcher
-from remoteio_factory.exc import exception_for
+from remoteio_factory.exc import RemoteIOAuthError, RemoteIOConnectionError, exception_for
 from remoteio_factory.pin import RemoteIOPin
 from remoteio_factory.transport import client_context
+
+
+log = logging.getLogger('remoteio_factory')
 
 
 def tls_context(tls=None, tls_ca=None):
@@ -90,6 +95,12 @@ class RemoteIOFactory(PiFactory):
         A CA certificate file (PEM) that signed the server's certificate
         (``REMOTEIO_TLS_CA``); giving one turns TLS on. The server's name
         (*host*) must match its certificate.
+    :param bool reconnect:
+        Reconnect by itself when the connection is lost (``REMOTEIO_RECONNECT=1``):
+        the pins are claimed again and get back their function, state,
+        frequency, pull, edges and event subscription; the gap is logged.
+        Writes made during the gap are dropped but the last one is restored;
+        reads wait (at most *timeout*) for the connection to come back.
     :param str mode:
         ``wait`` or ``nowait`` for this connection's timed tasks
         (``REMOTEIO_MODE``; default: the server's ``--mode``). In ``wait`` mode
@@ -102,7 +113,7 @@ class RemoteIOFactory(PiFactory):
     """
 
     def __init__(self, host=None, port=None, *, timeout=None, connect_timeout=None, mode=None,
-                 token=None, tls=None, tls_ca=None):
+                 token=None, tls=None, tls_ca=None, reconnect=None):
         super().__init__()
         if host is None:
             host = os.environ.get('REMOTEIO_HOST', 'localhost')
@@ -111,14 +122,19 @@ class RemoteIOFactory(PiFactory):
         self._host = host
         self._port = int(port)
         self.pin_class = RemoteIOPin
-        self._connection = Connection(
-            host, self._port,
+        if reconnect is None:
+            reconnect = os.environ.get('REMOTEIO_RECONNECT', '') in ('1', 'yes', 'true')
+        self._reconnect = reconnect
+        self._online = threading.Event()
+        self._online.set()
+        self._connection_args = dict(
             connect_timeout=connect_timeout or _env_float('REMOTEIO_CONNECT_TIMEOUT',
                                                           DEFAULT_CONNECT_TIMEOUT),
             timeout=timeout or _env_float('REMOTEIO_TIMEOUT', DEFAULT_TIMEOUT),
-            on_error=self._pin_failed, on_push=self._pushed,
+            on_error=self._pin_failed, on_push=self._pushed, on_lost=self._connection_lost,
             mode=mode or os.environ.get('REMOTEIO_MODE') or None, token=token,
             tls=tls_context(tls, tls_ca))
+        self._connection = Connection(host, self._port, **self._connection_args)
         hello = self._connection.hello
         self._events = EventDispatcher(
             self._deliver_event, self._connection.clock_offset,
@@ -161,9 +177,57 @@ class RemoteIOFactory(PiFactory):
         """Release every pin on the server and close the connection. Never hangs."""
         if self._connection.closed:
             return
+        self._reconnect = False
         super().close()
         self._finalizer()
         self._events.close()
+        self._online.set()       # nobody waits for a reconnection any more
+
+    # Reconnecting ----------------------------------------------------------------
+
+    @property
+    def reconnecting(self):
+        """True while the connection is lost and being re-established."""
+        return not self._online.is_set()
+
+    def _wait_online(self):
+        """While reconnecting, wait (at most the request timeout) for the connection."""
+        if not self._online.is_set():
+            self._online.wait(self._connection.timeout)
+
+    def _connection_lost(self, reason):
+        # On the old connection's reader thread: start over on a thread of its own.
+        if not self._reconnect or not self._online.is_set():
+            return
+        self._online.clear()
+        threading.Thread(target=self._reconnect_loop, args=(monotonic(), reason),
+                         name=f'remoteio-reconnect-{self._host}:{self._port}', daemon=True).start()
+
+    def _reconnect_loop(self, lost_at, reason):
+        delay = 0.2
+        log.warning('reconnecting to the remoteio server at %s:%s (%s)',
+                    self._host, self._port, reason)
+        while self._reconnect:
+            try:
+                connection = Connection(self._host, self._port, **self._connection_args)
+            except RemoteIOAuthError as exc:
+                log.error('cannot reconnect to %s:%s: %s', self._host, self._port, exc)
+                break
+            except RemoteIOConnectionError:
+                sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            old, self._connection = self._connection, connection
+            self._events.offset = connection.clock_offset
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, connection.close)
+            old.close(graceful=False)
+            restored = [pin for pin in list(self.pins.values()) if pin._restore()]
+            log.warning('reconnected to the remoteio server at %s:%s after %.1f s; restored %d '
+                        'pins: %s', self._host, self._port, monotonic() - lost_at, len(restored),
+                        ', '.join(repr(pin) for pin in restored) or '-')
+            break
+        self._online.set()
 
     def status(self, history=20):
         """The server's status (see ``remoteio status --json``) as a dict."""
@@ -230,6 +294,7 @@ class RemoteIOFactory(PiFactory):
         # On the dispatcher thread (see events.py), so handlers may talk to the server.
         pin = self._pin(gpio)
         if pin is not None and pin._claimed:
+            pin._last_event_state = state
             pin._call_when_changed(ticks, state)
 
     def _pushed(self, message):

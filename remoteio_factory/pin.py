@@ -18,8 +18,10 @@ it is closed: the server then stops its PWM and returns it to an input, as
 gpiozero does when it closes a pin.
 """
 
+import logging
 import math
 import threading
+import time
 
 from gpiozero.exc import (
     PinEdgeDetectUnsupported, PinFixedPull, PinInvalidBounce, PinInvalidEdges,
@@ -27,8 +29,11 @@ from gpiozero.exc import (
     PinPWMUnsupported, PinSetInput)
 from gpiozero.pins.pi import PiPin
 
-from remoteio_factory.exc import RemoteIOFactoryClosed
+from remoteio_factory.exc import RemoteIOConnectionError, RemoteIOFactoryClosed
 from remoteio_factory.protocol import EDGES, FUNCTIONS, MAX_BOUNCE, MAX_FREQUENCY, PULLS
+
+
+log = logging.getLogger('remoteio_factory')
 
 
 def _check_state(value):
@@ -59,6 +64,8 @@ class RemoteIOPin(PiPin):
         self._pull = info.pull or 'floating'
         self._bounce = None
         self._edges = 'both'
+        self._last_state = 0          # the last state written, restored after a reconnect
+        self._last_event_state = None  # the level of the last edge event delivered
         self._error = None
 
     # Claiming --------------------------------------------------------------
@@ -99,10 +106,51 @@ class RemoteIOPin(PiPin):
         error, self._error = self._error, None
         if error is not None:
             raise error
+        self.factory._wait_online()
         return self.factory._connection.request(op, pin=self._gpio, **fields)
 
     def _post(self, op, **fields):
-        self.factory._connection.post(op, pin=self._gpio, **fields)
+        try:
+            self.factory._connection.post(op, pin=self._gpio, **fields)
+        except RemoteIOConnectionError:
+            if not self.factory.reconnecting:
+                raise
+            # Dropped: the reconnection restores the last state written.
+
+    def _restore(self):
+        """
+        After a reconnection: claim the pin again and give it back its
+        function, state, frequency, pull, edges and event subscription.
+        Returns True if it was claimed here before.
+        """
+        if not self._claimed:
+            return False
+        connection = self.factory._connection
+        gpio = self._gpio
+        try:
+            connection.request('claim', pin=gpio)
+            if self._function == 'output':
+                frequency = self._frequency
+                connection.request('setup', pin=gpio, function='output',
+                                   state=0 if frequency else int(bool(self._last_state)))
+                if frequency:
+                    connection.request('frequency', pin=gpio, frequency=frequency)
+                    connection.post('write', pin=gpio, state=self._last_state)
+            else:
+                connection.request('setup', pin=gpio, function='input', pull=self._pull)
+                if self._when_changed is not None:
+                    connection.request('edges', pin=gpio, edges=self._edges, bounce=self._bounce)
+                    connection.request('subscribe', pin=gpio, events=True)
+                    # an edge missed during the gap: deliver it now, late but in order
+                    level = int(bool(connection.request('read', pin=gpio)['state']))
+                    if self._last_event_state is not None and level != self._last_event_state:
+                        events = self.factory._events
+                        events.put(gpio, time.monotonic() + events.offset, level)
+        except Exception as exc:
+            log.error('could not restore %r after reconnecting: %s', self, exc)
+            self._lost(exc)
+            return False
+        return True
 
     def _failed(self, exc):
         """An earlier posted request failed: raise it from the next waiting call."""
@@ -136,6 +184,7 @@ class RemoteIOPin(PiPin):
             return
         self._claim()
         self._apply(self._request('setup', function='output', state=state))
+        self._last_state = state
 
     def input_with_pull(self, pull):
         if pull not in PULLS:
@@ -165,6 +214,7 @@ class RemoteIOPin(PiPin):
             raise PinSetInput(f'cannot set state of pin {self!r}')
         if self._frequency is None and value not in (0, 1):
             value = int(bool(value))
+        self._last_state = value
         if self._closed:
             return
         self._claim()

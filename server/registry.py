@@ -299,6 +299,8 @@ class Registry:
         if final is None:
             final = {'function': None, 'state': None, 'frequency': None, 'pull': None,
                      'writes': None, 'history': []}
+        if not died:
+            log.info('GPIO%d released: %s, state %s', pin.gpio, final['function'], final['state'])
         with self._lock:
             if self._claimed.get(pin.gpio) is pin:
                 del self._claimed[pin.gpio]

@@ -398,3 +398,35 @@ def test_a_tls_client_of_a_plain_server_fails_promptly(server, tls_server):
         RemoteIOFactory(host=server.host, port=server.port, tls_ca=tls_server.ca,
                         connect_timeout=2)
     assert time.monotonic() - started < 5
+
+
+# Reconnecting ----------------------------------------------------------------------------
+
+def test_reconnect_restores_pins_after_the_server_comes_back(fresh_server):
+    from gpiozero import Button, PWMLED
+    first = fresh_server('--mock-wire', '17:27')
+    port = first.port
+    factory = first.factory(reconnect=True)
+    try:
+        led = LED(17, pin_factory=factory)
+        lamp = PWMLED(18, frequency=500, pin_factory=factory)
+        button = Button(27, pull_up=False, pin_factory=factory)
+        presses = []
+        button.when_pressed = lambda: presses.append(1)
+        led.on()
+        lamp.value = 0.3
+        assert wait_until(lambda: presses == [1])
+        first.stop(sig=signal.SIGKILL)
+        assert wait_until(lambda: factory.reconnecting, 5)
+        led.off()                                   # during the gap: kept, applied on return
+        second = fresh_server('--mock-wire', '17:27', '--port', str(port))
+        assert wait_until(lambda: not factory.reconnecting, 15)
+        pins = {p['gpio']: p for p in second.status()['pins']}
+        assert pins[17]['function'] == 'output' and pins[17]['state'] is False
+        assert pins[18]['frequency'] == 500.0 and pins[18]['state'] == pytest.approx(0.3)
+        assert pins[27]['function'] == 'input' and pins[27]['status'] == 'claimed'
+        led.on()                                    # events flow again
+        assert wait_until(lambda: presses == [1, 1])
+        assert lamp.value == pytest.approx(0.3)
+    finally:
+        factory.close()

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import time
 
 import pytest
 from gpiozero import LED
@@ -220,12 +221,27 @@ def test_requests_before_an_oversized_line_are_still_answered(server):
         assert json.loads(reader.readline())['error']['code'] == 'message_too_large'
 
 
-def test_sigterm_releases_every_pin_and_exits(fresh_server):
-    own = fresh_server()
-    client = start_script(own, HOLD_PINS)
-    pids = [p['worker_pid'] for p in own.status()['pins'] if p['status'] == 'claimed']
-    assert len(pids) == 2
+def test_sigterm_mid_blink_releases_every_pin_and_exits(fresh_server):
+    own = fresh_server('--log-level', 'info')
+    client = start_script(own, """
+        from remoteio_factory import LED, PWMLED
+        import time
+        led = LED(17)
+        led.blink(0.02, 0.02)             # a blink task on the server
+        pwm = PWMLED(18)
+        pwm.pulse(0.1, 0.1)               # and a pulse
+        print('ready', flush=True)
+        time.sleep(60)
+    """)
+    pins = [p for p in own.status()['pins'] if p['status'] == 'claimed']
+    assert sorted(p['task']['kind'] for p in pins) == ['blink', 'pulse']
+    pids = [p['worker_pid'] for p in pins]
+    started = time.monotonic()
     assert own.stop(signal.SIGTERM, timeout=15) == 0
+    assert time.monotonic() - started < 10
     wait_for(lambda: all(process_gone(pid) for pid in pids), 10, message='workers to exit')
+    log = wait_for(lambda: (lambda text: 'GPIO18 released' in text and text)(
+        ''.join(own.stderr_lines)), 5, message='the server log')
+    assert 'GPIO17 released: input' in log and 'GPIO18 released: input' in log
     client.kill()
     client.wait()
