@@ -47,9 +47,39 @@ def picture(status):
     return ' │'.join(cells) or '(no pins claimed)'
 
 
+def live_picture_possible():
+    """The live header needs a terminal and the rich library (the watch extra)."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return sys.stdout.isatty()
+
+
+def show_header(port, clients, deadline):
+    """What `remoteio watch` shows: the server's 40-pin header, live."""
+    from rich.live import Live
+
+    from remoteio_factory.connection import Connection
+    from remoteio_factory.watch import picture, title_of
+    connection = Connection('127.0.0.1', port)
+    try:
+        status = connection.request('status', history=0)
+        with Live(picture(status, title_of(status, '127.0.0.1', port)),
+                  refresh_per_second=10) as live:
+            while time.monotonic() < deadline and any(c.poll() is None for c in clients):
+                time.sleep(0.1)
+                status = connection.request('status', history=0)
+                live.update(picture(status, title_of(status, '127.0.0.1', port)))
+    finally:
+        connection.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--seconds', type=float, default=6.0, help='how long to show the pins')
+    parser.add_argument('--plain', action='store_true',
+                        help='print lines instead of the live picture of the header')
     args = parser.parse_args()
     server, port = start_server()
     env = dict(os.environ, GPIOZERO_PIN_FACTORY='remoteio', REMOTEIO_HOST='127.0.0.1',
@@ -59,12 +89,16 @@ def main():
         for name in EXAMPLES:
             print(f'running examples/{name} with GPIOZERO_PIN_FACTORY=remoteio')
             clients.append(subprocess.Popen([sys.executable, os.path.join(HERE, name)], env=env))
-        print('the server\'s pins, as `remoteio status` sees them:')
         deadline = time.monotonic() + args.seconds
-        while time.monotonic() < deadline and any(c.poll() is None for c in clients):
-            status = server_status('127.0.0.1', port, history=0)
-            print(f'{args.seconds - (deadline - time.monotonic()):5.1f}s {picture(status)}', flush=True)
-            time.sleep(0.2)
+        if live_picture_possible() and not args.plain:
+            show_header(port, clients, deadline)
+        else:
+            print('the server\'s pins, as `remoteio status` sees them:')
+            while time.monotonic() < deadline and any(c.poll() is None for c in clients):
+                status = server_status('127.0.0.1', port, history=0)
+                print(f'{args.seconds - (deadline - time.monotonic()):5.1f}s {picture(status)}',
+                      flush=True)
+                time.sleep(0.2)
         for client in clients:
             client.wait(30)
         print('examples finished; every pin released:')

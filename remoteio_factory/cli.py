@@ -8,6 +8,9 @@ last transitions. ``--json`` prints the same as the documented, stable JSON
 
 ``remoteio drive GPIO17 high|low`` sets the level of an input on a server
 running the mock backend (a simulated button press, for tests and demos).
+
+``remoteio watch`` draws a live picture of the server's 40-pin header
+(:mod:`remoteio_factory.watch`; needs the optional rich library).
 """
 
 import argparse
@@ -94,6 +97,12 @@ def cmd_drive(args):
     print(f'GPIO{args.pin} driven {args.level}')
 
 
+def cmd_watch(args):
+    from remoteio_factory.factory import tls_context
+    from remoteio_factory.watch import watch
+    watch(args.host, args.port, interval=args.interval, once=args.once, tls=tls_context())
+
+
 def _server_options(command):
     command.add_argument('--host', default=os.environ.get('REMOTEIO_HOST', 'localhost'),
                          help='server host (default: $REMOTEIO_HOST or %(default)s)')
@@ -127,6 +136,16 @@ def parser():
                        help='high or low (also 1/0, on/off)')
     _server_options(drive)
     drive.set_defaults(run=cmd_drive)
+    watch = sub.add_parser(
+        'watch', help='a live picture of the server\'s 40-pin header',
+        description='Show the server\'s 40-pin header as it changes: every pin where it sits on '
+                    'the board, with its owner, function and level (or PWM duty as a bar). '
+                    'Ctrl+C quits. Needs the rich library: pip install \'remoteio-factory[watch]\'.')
+    _server_options(watch)
+    watch.add_argument('--interval', type=float, default=0.2, metavar='SECONDS',
+                       help='time between updates (default: %(default)s)')
+    watch.add_argument('--once', action='store_true', help='draw the picture once and exit')
+    watch.set_defaults(run=cmd_watch)
     return p
 
 

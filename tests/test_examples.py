@@ -99,3 +99,56 @@ def test_demo_runs(server):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert 'GPIO17' in result.stdout and 'every pin released' in result.stdout
+
+
+def test_watch_draws_the_header_live_in_tmux(server, factory):
+    """`remoteio watch` in a real terminal (tmux): the picture follows the pins."""
+    import shutil
+    import time
+    if shutil.which('tmux') is None:
+        pytest.skip('tmux is not installed')
+    from gpiozero import LED, PWMLED
+    session = f'remoteio-watch-{os.getpid()}'
+    command = (f'{sys.executable} -m remoteio_factory.cli watch --host {server.host} '
+               f'--port {server.port} --interval 0.1')
+    subprocess.run(['tmux', 'new-session', '-d', '-s', session, '-x', '110', '-y', '40', command],
+                   check=True, timeout=30)
+
+    def screen():
+        return subprocess.run(['tmux', 'capture-pane', '-p', '-t', session], capture_output=True,
+                              text=True, timeout=10).stdout
+
+    def wait_screen(predicate):
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            text = screen()
+            if predicate(text):
+                return text
+            time.sleep(0.1)
+        raise AssertionError(f'the watch screen never showed it:\n{screen()}')
+
+    def row(text, name):
+        return next((line for line in text.splitlines() if f' {name} ' in line), '')
+
+    try:
+        text = wait_screen(lambda t: 'GPIO17' in t and 'mock' in t)
+        assert ' 11 ' in row(text, 'GPIO17') and 'free' in row(text, 'GPIO17')
+        led = LED(17, pin_factory=factory)
+        pwm = PWMLED(18, pin_factory=factory)
+        led.on()
+        pwm.value = 0.5
+        text = wait_screen(lambda t: 'high' in row(t, 'GPIO17') and '0.50' in row(t, 'GPIO18'))
+        assert 'out' in row(text, 'GPIO17') and '███░░░' in row(text, 'GPIO18')
+        led.off()
+        wait_screen(lambda t: 'low' in row(t, 'GPIO17'))
+        led.close()
+        pwm.close()
+        wait_screen(lambda t: 'free' in row(t, 'GPIO17') and 'free' in row(t, 'GPIO18'))
+        subprocess.run(['tmux', 'send-keys', '-t', session, 'C-c'], check=True, timeout=10)
+        deadline = time.monotonic() + 10
+        while subprocess.run(['tmux', 'has-session', '-t', session],
+                             capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, 'watch did not quit on Ctrl+C'
+            time.sleep(0.1)
+    finally:
+        subprocess.run(['tmux', 'kill-session', '-t', session], capture_output=True)
