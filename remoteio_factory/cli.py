@@ -113,7 +113,10 @@ def _server_options(command):
 
 def parser():
     p = argparse.ArgumentParser(
-        prog='remoteio', description='Tools for a remoteio server (remoteio-factory).')
+        prog='remoteio', description='Tools for a remoteio server (remoteio-factory).',
+        epilog='Environment: REMOTEIO_HOST, REMOTEIO_PORT (the server), REMOTEIO_TOKEN (its '
+               'token, if it has one), REMOTEIO_TLS_CA or REMOTEIO_TLS=1 (if it uses TLS). '
+               '"remoteio COMMAND --help" for each command.')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
     status = sub.add_parser(

@@ -45,8 +45,10 @@ def parser():
         description='Drive this Raspberry Pi\'s GPIO pins for remote gpiozero clients '
                     '(GPIOZERO_PIN_FACTORY=remoteio on the client). Each claimed pin gets '
                     'its own worker process. Without a Pi, --backend mock simulates the pins.',
-        epilog='Every option can also be set with an environment variable '
-               'REMOTEIO_SERVER_<OPTION>, e.g. REMOTEIO_SERVER_PORT=8509.')
+        epilog='Every option with a value can also be set with an environment variable '
+               'REMOTEIO_SERVER_<OPTION>, e.g. REMOTEIO_SERVER_PORT=8509 or '
+               'REMOTEIO_SERVER_TOKEN_FILE=/etc/remoteio/token; the token itself also as '
+               'REMOTEIO_TOKEN. Reference: docs/configuration.md.')
     p.add_argument('--host', default=_env('HOST', '0.0.0.0'),
                    help='address to listen on; 127.0.0.1 for this machine only, :: for IPv6 '
                         '(default: %(default)s)')
