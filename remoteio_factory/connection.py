@@ -163,6 +163,12 @@ class Connection:
                     f'to the certificate that signed its own)') from None
             if self.hello.get('auth'):
                 self._authenticate(token, connect_timeout)
+            elif token or os.environ.get('REMOTEIO_TOKEN'):
+                # A server that asks for no token cannot prove it knows ours.
+                raise RemoteIOAuthError(
+                    f'the server at {host}:{port} asks for no token although one is set '
+                    f'(REMOTEIO_TOKEN): is it the right server? Unset REMOTEIO_TOKEN for a '
+                    f'server without a token')
             #: The server's monotonic clock minus ours (edge times are converted with it).
             self.clock_offset = self._measure_clock_offset(connect_timeout)
         except Exception:
@@ -194,8 +200,8 @@ class Connection:
             raise RemoteIOAuthError(
                 f'the remoteio server at {self.host}:{self.port} refused our token: '
                 f'check REMOTEIO_TOKEN') from None
-        expected = protocol.auth_mac(token, 'server', nonce)
-        if not hmac.compare_digest(expected, str(reply.get('proof'))):
+        expected = protocol.auth_mac(token, 'server', nonce).encode()
+        if not hmac.compare_digest(expected, str(reply.get('proof')).encode('utf-8', 'replace')):
             raise RemoteIOAuthError(
                 f'the server at {self.host}:{self.port} could not prove it knows the token: '
                 f'is it the right server?')
@@ -212,15 +218,19 @@ class Connection:
         return best[1]
 
     def _heartbeat(self, lease):
-        """Keep the lease: a message every third of it; a silent server counts as lost."""
+        """
+        Keep the lease: a message every third of it. A server that does not
+        answer one within the request timeout counts as lost (not within the
+        lease: a connection's own read may keep the server busy that long).
+        """
         while not self._stop_heartbeat.wait(lease / 3):
             if self._closing or self._broken is not None:
                 return
             try:
-                self.request('heartbeat', timeout=lease)
+                self.request('heartbeat', timeout=max(lease, self.timeout))
             except RemoteIOConnectionError as exc:
                 if not self._closing and self._broken is None:
-                    self._lost(f'the server did not answer for {lease:g} s ({exc})')
+                    self._lost(f'the server did not answer a heartbeat ({exc})')
                     try:
                         self._sock.shutdown(socket.SHUT_RDWR)
                     except OSError:

@@ -22,6 +22,8 @@ from collections import deque
 
 #: Bytes a writer may queue before it waits for the pump (back-pressure).
 SEND_BUFFER = 1 << 20
+#: How long a writer waits for room when no timeout is set (a peer that stopped reading).
+SEND_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -92,7 +94,7 @@ class TLSTransport:
         with self._lock:
             if not self._drained.wait_for(
                     lambda: len(self._outgoing) < SEND_BUFFER or self._error or self._closed,
-                    self._timeout):
+                    self._timeout if self._timeout is not None else SEND_TIMEOUT):
                 raise socket.timeout('timed out')
             if self._error is not None:
                 raise self._error
@@ -111,7 +113,9 @@ class TLSTransport:
         self._wake()
 
     def close(self):
+        """Send what is queued (for at most a few seconds), then close."""
         with self._lock:
+            self._drained.wait_for(lambda: not self._outgoing or self._error, 2.0)
             self._closed = True
             self._eof = True
             self._readable.notify_all()

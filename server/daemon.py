@@ -19,7 +19,7 @@ import time
 
 from gpiozero.pins.pi import PiBoardInfo
 
-from remoteio_factory import protocol
+from remoteio_factory import protocol, transport
 from remoteio_factory.protocol import MODES
 from remoteio_factory._version import __version__
 from remoteio_server import backends
@@ -152,17 +152,26 @@ class Server:
                 self._next_session += 1
                 self.sessions[session.id] = session
         if session is None:
-            message = refusal
-            try:
-                sock.sendall(protocol.encode({'push': 'closing', 'reason': message}))
-            except OSError:
-                pass
-            sock.close()
-            log.warning('refused %s: %s', peer_text, message)
+            log.warning('refused %s: %s', peer_text, refusal)
+            threading.Thread(target=self._refuse, args=(sock, refusal), daemon=True,
+                             name='remoteio-refuse').start()
             return
         log.info('client %s connected', session.describe())
         threading.Thread(target=session.run, name=f'remoteio-session-{session.id}',
                          daemon=True).start()
+
+    def _refuse(self, sock, reason):
+        """Tell a refused peer why (over TLS if the server speaks it), then close."""
+        try:
+            if self.tls is not None:
+                sock = transport.wrap(self.tls, sock, server_side=True, timeout=5.0)
+            sock.settimeout(5.0)
+            sock.sendall(protocol.encode({'push': 'closing', 'reason': reason}))
+            sock.shutdown(socket.SHUT_WR)
+        except (OSError, ValueError):
+            pass
+        finally:
+            sock.close()
 
     def session_ended(self, session, reason):
         with self._lock:

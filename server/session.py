@@ -30,6 +30,8 @@ log = logging.getLogger('remoteio_server.session')
 BARRIER_TIMEOUT = 10.0
 #: A client that does not take its replies for this long is disconnected.
 SEND_TIMEOUT = 10.0
+#: With a token: a connection that has not authenticated by then is closed.
+AUTH_TIMEOUT = 10.0
 
 
 class ClientReply:
@@ -132,6 +134,10 @@ class Session:
                 self.close(f'TLS handshake failed: {exc}')
                 return
         self.sock.settimeout(self.server.lease or None)
+        if not self.authenticated:
+            deadline = threading.Timer(AUTH_TIMEOUT, self._auth_deadline)
+            deadline.daemon = True
+            deadline.start()
         try:
             while not self.closed:
                 try:
@@ -159,6 +165,13 @@ class Session:
                     break
         finally:
             self.close(reason)
+
+    def _auth_deadline(self):
+        if not self.authenticated and not self.closed:
+            log.warning('client %s: no authentication within %g s', self.describe(), AUTH_TIMEOUT)
+            self.end_reason = f'no authentication within {AUTH_TIMEOUT:g} s'
+            self.send({'push': 'closing', 'reason': self.end_reason})
+            self._abort()
 
     def handle_line(self, line):
         id = message = None

@@ -470,7 +470,7 @@ class PinWorker:
                 self.send(['err', seq, describe_error(exc), request_id])
             else:
                 self.send(['ok', seq, {}])
-        elif len(self.queue) >= MAX_QUEUE:
+        elif len(self.queue) >= MAX_QUEUE and op != 'release':
             self.send(['err', seq, {'code': 'limit', 'type': 'RemoteIOError',
                                     'message': f'GPIO{self.gpio} has {MAX_QUEUE} requests waiting '
                                                f'already'}, request_id])

@@ -430,3 +430,19 @@ def test_reconnect_restores_pins_after_the_server_comes_back(fresh_server):
         assert lamp.value == pytest.approx(0.3)
     finally:
         factory.close()
+
+
+def test_a_token_is_not_given_to_a_server_that_asks_for_none(server):
+    with pytest.raises(RemoteIOAuthError, match='asks for no token'):
+        RemoteIOFactory(host=server.host, port=server.port, token=TOKEN)
+
+
+def test_refusals_reach_tls_clients_in_tls(tls_server, tmp_path):
+    cert, key = make_certificate(tmp_path, 'refusing')
+    refusing = ServerProcess('--tls-cert', str(cert), '--tls-key', str(key),
+                             '--token', TOKEN, '--allow-hosts', '192.0.2.0/24')
+    try:
+        with pytest.raises(RemoteIOConnectionError, match='allow-hosts'):
+            RemoteIOFactory(host='127.0.0.1', port=refusing.port, tls_ca=str(cert), token=TOKEN)
+    finally:
+        refusing.stop()
