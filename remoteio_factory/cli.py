@@ -76,12 +76,8 @@ LEVELS = {'high': 1, 'low': 0, '1': 1, '0': 0, 'on': 1, 'off': 0}
 
 
 def _gpio(text):
-    name = text.strip().upper()
-    for prefix in ('GPIO', 'BCM'):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
     try:
-        return int(name)
+        return protocol.parse_gpio(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f'a GPIO, e.g. GPIO17 or 17, not {text!r}') from None
 

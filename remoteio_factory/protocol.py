@@ -236,6 +236,15 @@ def get_frequency(message):
     return float(value)
 
 
+def parse_gpio(text):
+    """A GPIO number from ``'GPIO17'``, ``'BCM17'`` or ``'17'`` (for command lines); ValueError else."""
+    name = str(text).strip().upper()
+    for prefix in ('GPIO', 'BCM'):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    return int(name)
+
+
 def get_ms(message, name, default=None):
     """A duration in milliseconds (0 to :data:`MAX_TIME_MS`), returned in seconds."""
     value = message.get(name)

@@ -22,18 +22,10 @@ def _env(name, default):
     return os.environ.get(f'REMOTEIO_SERVER_{name}', default)
 
 
-def _gpio_number(text):
-    text = text.strip().upper()
-    for prefix in ('GPIO', 'BCM'):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-    return int(text)
-
-
 def _wire(text):
     try:
         out, into = text.split(':')
-        return _gpio_number(out), _gpio_number(into)
+        return protocol.parse_gpio(out), protocol.parse_gpio(into)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f'a wire is OUT:IN with two GPIO numbers, e.g. 17:27, not {text!r}') from None
