@@ -163,11 +163,6 @@ class LineReader:
         self.error = ProtocolError(
             'message_too_large', f'message exceeds the limit of {self.limit} bytes')
 
-    @property
-    def pending(self):
-        """Bytes of an incomplete line held back."""
-        return len(self._buffer)
-
 
 # Field validation ----------------------------------------------------------
 # Each function takes the message and the field name and returns the value,

@@ -316,10 +316,6 @@ class Registry:
             return self._changed.wait_for(
                 lambda: not self._claimed, max(0.0, deadline - time.monotonic()))
 
-    def claimed_count(self):
-        with self._lock:
-            return len(self._claimed)
-
     def snapshot(self, history):
         """Every pin the server has driven since it started, as status dicts."""
         with self._lock:
