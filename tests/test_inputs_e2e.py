@@ -204,3 +204,17 @@ def test_mock_helpers_refuse_a_real_backend():
     from remoteio_server import Server
     with pytest.raises(ValueError, match='mock backend only'):
         Server(backend='native', mock_wires=[(17, 27)])
+
+
+def test_pulls_are_set_on_the_server_and_fixed_pulls_respected(wired):
+    result = run_script(wired, """
+        from gpiozero import Button, InputDevice, PinFixedPull
+        up = Button(24)                          # pull-up: reads high, not pressed
+        down = InputDevice(25, pull_up=False)    # pull-down: reads low
+        print(up.is_pressed, up.pin.pull, down.value, down.pin.pull)
+        try:
+            Button(2, pull_up=False)             # GPIO2 has a fixed pull-up on the board
+        except PinFixedPull as exc:
+            print('PinFixedPull')
+    """)
+    assert result.stdout.split() == ['False', 'up', '0', 'down', 'PinFixedPull']

@@ -222,12 +222,18 @@ def test_a_frozen_client_is_dropped_and_learns_it_promptly(fresh_server):
         except Exception as exc:
             print(type(exc).__name__, round(time.monotonic() - started, 1), flush=True)
     """)
+    bystander = server.factory()
     client.send_signal(signal.SIGSTOP)            # neither reads nor writes nor heartbeats
     try:
+        led = LED(18, pin_factory=bystander)       # meanwhile others are served as usual
+        for _ in range(20):
+            led.toggle()
+        assert led.value == 0
         (entry,) = server.wait_free(17, timeout=10)
         assert entry['function'] == 'input'
     finally:
         client.send_signal(signal.SIGCONT)
+        bystander.close()
     out, err = client.communicate('\n', timeout=30)
     name, seconds = out.split()
     assert name == 'RemoteIOConnectionError' and float(seconds) < 2
