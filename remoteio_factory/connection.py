@@ -19,7 +19,6 @@ import logging
 import os
 import secrets
 import socket
-import struct
 import threading
 import time
 import weakref
@@ -131,8 +130,7 @@ class Connection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         # A send may block only this long (a server that stopped reading).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                        struct.pack('ll', int(timeout), int((timeout % 1) * 1e6)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, transport.timeval(timeout))
         if tls is not None:
             try:
                 self._sock = transport.wrap(tls, sock, server_side=False, server_hostname=host,

@@ -17,6 +17,7 @@ import os
 import select
 import socket
 import ssl
+import struct
 import threading
 from collections import deque
 
@@ -25,6 +26,11 @@ SEND_BUFFER = 1 << 20
 #: How long a writer waits for room when no timeout is set (a peer that stopped reading).
 SEND_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
+
+
+def timeval(seconds):
+    """*seconds* as a ``struct timeval``, for SO_SNDTIMEO/SO_RCVTIMEO."""
+    return struct.pack('ll', int(seconds), int((seconds % 1) * 1e6))
 
 
 def client_context(cafile=None, check_hostname=True):
@@ -65,7 +71,7 @@ class TLSTransport:
         self._error = None
         self._shut_write = False
         self._closed = False
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r, self._wake_w = self._wake_fds = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._pump = threading.Thread(target=self._run, name='remoteio-tls', daemon=True)
         self._pump.start()
@@ -105,6 +111,8 @@ class TLSTransport:
 
     def shutdown(self, how):
         with self._lock:
+            if self._closed:
+                return
             if how in (socket.SHUT_WR, socket.SHUT_RDWR):
                 self._shut_write = True
             if how in (socket.SHUT_RD, socket.SHUT_RDWR):
@@ -115,6 +123,8 @@ class TLSTransport:
     def close(self):
         """Send what is queued (for at most a few seconds), then close."""
         with self._lock:
+            if self._closed:
+                return
             self._drained.wait_for(lambda: not self._outgoing or self._error, 2.0)
             self._closed = True
             self._eof = True
@@ -123,14 +133,28 @@ class TLSTransport:
         self._wake()
         if threading.current_thread() is not self._pump:
             self._pump.join(2)
+        if not self._pump.is_alive():
+            self._close_wake_pipe()
+
+    def _close_wake_pipe(self):
+        # Only once the pump has ended: closed earlier, its numbers could be
+        # reused by another socket before a late _wake() writes to them.
+        with self._lock:
+            fds, self._wake_fds = self._wake_fds, None
+        if fds is not None:
+            for fd in fds:
+                os.close(fd)
 
     # The pump ------------------------------------------------------------------
 
     def _wake(self):
-        try:
-            os.write(self._wake_w, b'x')
-        except (BlockingIOError, OSError):
-            pass
+        with self._lock:
+            if self._wake_fds is None:
+                return
+            try:
+                os.write(self._wake_w, b'x')
+            except OSError:       # full: the pump is awake already
+                pass
 
     def _run(self):
         tls = self._tls
@@ -143,7 +167,8 @@ class TLSTransport:
                     shut_now = self._shut_write and not self._outgoing
                 if shut_now:
                     try:
-                        tls.shutdown(socket.SHUT_WR)
+                        # the TCP half-close only: SSLSocket.shutdown would drop TLS itself
+                        socket.socket.shutdown(tls, socket.SHUT_WR)
                     except OSError:
                         pass
                     with self._lock:
@@ -175,8 +200,6 @@ class TLSTransport:
                 tls.close()
             except OSError:
                 pass
-            os.close(self._wake_r)
-            os.close(self._wake_w)
 
     def _read_some(self, tls):
         while True:

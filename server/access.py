@@ -23,15 +23,21 @@ import secrets
 from remoteio_factory.protocol import auth_mac
 
 
-def is_loopback(host):
-    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback addresses."""
+def peer_address(host):
+    """The address of a peer (an IPv4-mapped IPv6 one as IPv4), or None."""
     try:
         address = ipaddress.ip_address(host.split('%', 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return address.is_loopback
+    return address
+
+
+def is_loopback(host):
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback addresses."""
+    address = peer_address(host)
+    return address is not None and address.is_loopback
 
 
 def parse_pins(text):
@@ -71,12 +77,9 @@ class AccessPolicy:
     def admit(self, host):
         """None if a peer at *host* may connect, else the reason it may not."""
         if self.allow_hosts is not None:
-            try:
-                address = ipaddress.ip_address(host.split('%', 1)[0])
-            except ValueError:
+            address = peer_address(host)
+            if address is None:
                 return f'{host} is not an address this server accepts'
-            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-                address = address.ipv4_mapped
             if not any(address in network for network in self.allow_hosts):
                 return f'{host} is not in the server\'s --allow-hosts list'
         if self.protected and not is_loopback(host):

@@ -114,8 +114,9 @@ def systemd_unit():
 
 def access_policy(args):
     """The token, host and pin rules from the arguments and environment."""
+    # the command line first, then the file (option or variable), then REMOTEIO_TOKEN
     token = args.token or os.environ.get('REMOTEIO_TOKEN') or None
-    if args.token_file:
+    if args.token_file and not args.token:
         try:
             with open(args.token_file, encoding='utf-8') as f:
                 token = f.read().strip()
@@ -158,6 +159,8 @@ def main(argv=None):
         except ValueError:
             parser().error(f'--revision must be a hexadecimal board revision, not {args.revision!r}')
 
+    if args.lease < 0:
+        parser().error('--lease must be 0 (off) or a number of seconds above 0')
     access = access_policy(args)
     tls = None
     if args.tls_cert:

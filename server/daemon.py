@@ -13,7 +13,6 @@ and exits within a bounded time.
 import logging
 import signal
 import socket
-import struct
 import threading
 import time
 
@@ -33,6 +32,8 @@ log = logging.getLogger('remoteio_server')
 #: Seconds a connection may stay silent before it counts as gone (clients
 #: send a heartbeat every third of it).
 DEFAULT_LEASE = 3.0
+#: Refused connections told why at the same time; more are just closed.
+MAX_REFUSALS = 16
 
 
 
@@ -53,6 +54,8 @@ class Server:
                  mode='wait', revision=None, max_message=protocol.MAX_MESSAGE,
                  max_clients=64, max_pins=64, spares=2, shutdown_timeout=10.0, mock_wires=(),
                  access=None, lease=DEFAULT_LEASE, tls=None):
+        if lease < 0:
+            raise ValueError('lease must be 0 (off) or a number of seconds above 0')
         if mode not in MODES:
             raise ValueError(f'mode must be one of {", ".join(MODES)}, not {mode!r}')
         if backend != 'auto' and backend not in backends.BACKENDS:
@@ -81,6 +84,7 @@ class Server:
         self._lock = threading.Lock()
         self._listener = None
         self._stopping = threading.Event()
+        self._refusals = threading.BoundedSemaphore(MAX_REFUSALS)   # explained at once
         self.started = None
 
     # Start-up ----------------------------------------------------------------
@@ -108,7 +112,7 @@ class Server:
                     self.spawner.close()
                     raise ValueError(f'--mock-wire: GPIO{gpio} is not a GPIO of this board')
         self.spawner.use(backend, revision if backend == 'mock' else None)
-        self.registry = Registry(self.spawner, gpios, gpios, self.mock_wires)
+        self.registry = Registry(self.spawner, gpios, self.mock_wires)
         self._listener = self._listen()
         self.port = self._listener.getsockname()[1]
         self.spawner.start()
@@ -139,8 +143,7 @@ class Server:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.settimeout(None)
         # A blocked send (a client that stopped reading) must not stall a pin forever.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                        _timeval(SEND_TIMEOUT))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, transport.timeval(SEND_TIMEOUT))
         peer_text = _peer_text(peer)
         refusal = self.access.admit(peer[0])
         session = None
@@ -153,8 +156,11 @@ class Server:
                 self.sessions[session.id] = session
         if session is None:
             log.warning('refused %s: %s', peer_text, refusal)
-            threading.Thread(target=self._refuse, args=(sock, refusal), daemon=True,
-                             name='remoteio-refuse').start()
+            if self._refusals.acquire(blocking=False):
+                threading.Thread(target=self._refuse, args=(sock, refusal), daemon=True,
+                                 name='remoteio-refuse').start()
+            else:
+                sock.close()        # a flood: no thread, no explanation
             return
         log.info('client %s connected', session.describe())
         threading.Thread(target=session.run, name=f'remoteio-session-{session.id}',
@@ -162,6 +168,12 @@ class Server:
 
     def _refuse(self, sock, reason):
         """Tell a refused peer why (over TLS if the server speaks it), then close."""
+        try:
+            self._explain(sock, reason)
+        finally:
+            self._refusals.release()
+
+    def _explain(self, sock, reason):
         try:
             if self.tls is not None:
                 sock = transport.wrap(self.tls, sock, server_side=True, timeout=5.0)
@@ -262,15 +274,13 @@ class Server:
             for pin in list(session.pins.values()):
                 pin.release()
         if not self.registry.wait_all_freed(self.shutdown_timeout):
-            log.error('some pins were not released within %s s', self.shutdown_timeout)
+            log.error('some pins were not released within %s s: killing their workers',
+                      self.shutdown_timeout)
+            self.registry.kill_all()
         for session in sessions:
             session.end_reason = 'the server shut down'
             session._abort()
         self.spawner.close()
-
-
-def _timeval(seconds):
-    return struct.pack('ll', int(seconds), int((seconds % 1) * 1e6))
 
 
 def _peer_text(peer):

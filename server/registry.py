@@ -18,6 +18,7 @@ import threading
 import time
 
 from remoteio_factory.protocol import ProtocolError, error_reply
+from remoteio_server.worker import pack
 
 log = logging.getLogger('remoteio_server.registry')
 
@@ -25,8 +26,10 @@ log = logging.getLogger('remoteio_server.registry')
 INTERNAL_TIMEOUT = 10.0
 
 
-def _dumps(message):
-    return json.dumps(message, separators=(',', ':')).encode('utf-8')
+def worker_died(gpio, message='ended unexpectedly'):
+    """The error for requests a pin's worker will never answer."""
+    return {'code': 'worker_died', 'type': 'RemoteIOPinError',
+            'message': f'the worker of GPIO{gpio} {message}'}
 
 
 class InternalReply:
@@ -90,9 +93,7 @@ class ClaimedPin:
         quiet_write = op == 'write' and getattr(route, 'quiet', False)
         with self._lock:
             if self.status == 'gone':
-                error = {'code': 'worker_died', 'type': 'RemoteIOPinError',
-                         'message': f'the worker of GPIO{self.gpio} has ended'}
-                route.finish(None, error)
+                route.finish(None, worker_died(self.gpio, 'has ended'))
                 return
             self._seq += 1
             seq = self._seq
@@ -111,9 +112,15 @@ class ClaimedPin:
         # needs self._lock.
         with self._send_lock:
             try:
-                self.worker.conn.send_bytes(_dumps([seq, op, args, request_id]))
-            except OSError:
-                pass  # the reader sees the worker's end and fails the pending routes
+                self.worker.conn.send_bytes(pack([seq, op, args, request_id]))
+            except OSError as exc:
+                # Gone, or stopped reading (the send timed out, maybe half-way through a
+                # message): either way it is of no more use. Its reader sees the end and
+                # fails what is pending.
+                if self.status not in ('gone', 'abandoned'):
+                    log.error('GPIO%d: cannot reach its worker (%s); killing it', self.gpio, exc)
+                threading.Thread(target=self.worker.kill, kwargs={'grace': 0},
+                                 daemon=True).start()
 
     def sync(self, timeout=INTERNAL_TIMEOUT):
         """Wait until the worker has taken every write sent before."""
@@ -191,15 +198,15 @@ class ClaimedPin:
                                 'state': message[2], 'n': message[3]})
             elif kind == 'level':
                 self.registry.relay(self.gpio, message[1])
-        # The worker has ended (released, died, or its claim failed).
+        # The worker has ended (released, died, or its claim failed: then the
+        # claiming thread cleans up, and there is nothing to free or report).
         with self._lock:
-            abandoned = self.status == 'abandoned'
-            died = self.status not in ('releasing', 'abandoned')
+            abandoned = self.status in ('abandoned', 'claiming')
+            died = self.status not in ('releasing', 'abandoned', 'claiming')
             self.status = 'gone'
             leftover, self._pending = list(self._pending.values()), {}
             tasks, self._tasks = list(self._tasks.values()), {}
-        error = {'code': 'worker_died', 'type': 'RemoteIOPinError',
-                 'message': f'the worker of GPIO{self.gpio} ended unexpectedly'}
+        error = worker_died(self.gpio)
         for route in leftover:
             route.finish(None, error)
         for route in tasks:
@@ -223,10 +230,10 @@ class NoReply:
 class Registry:
     """Owner of every claimed pin; see the module docstring."""
 
-    def __init__(self, spawner, gpios, names, wires=()):
+    def __init__(self, spawner, names, wires=()):
         self.spawner = spawner
-        self.gpios = frozenset(gpios)
-        self.names = names           # gpio -> 'GPIO17'
+        self.names = names           # gpio -> 'GPIO17', for every GPIO of the board
+        self.gpios = frozenset(names)
         self.wires = {}              # output gpio -> [input gpios] (mock backend only)
         for out, into in wires:
             self.wires.setdefault(out, []).append(into)
@@ -269,14 +276,20 @@ class Registry:
             state = pin.call('claim', {'gpio': gpio, 'mode': session.mode,
                                        'report_levels': gpio in self.wires,
                                        'level': self.mock_levels.get(gpio)})
+            with pin._lock:
+                if pin.status == 'gone':       # the worker ended as it answered
+                    raise ProtocolError('worker_died', f'the worker of GPIO{gpio} ended')
+                pin.status = 'claimed'
         except (ProtocolError, TimeoutError):
-            pin.status = 'abandoned'
+            with pin._lock:
+                if pin.status != 'gone':
+                    pin.status = 'abandoned'   # its reader reaps it and frees nothing
             worker.kill(grace=0)
             with self._lock:
-                del self._claimed[gpio]
+                if self._claimed.get(gpio) is pin:
+                    del self._claimed[gpio]
                 self._changed.notify_all()
             raise
-        pin.status = 'claimed'
         return pin, state
 
     def drive(self, gpio, level, route):
@@ -309,6 +322,13 @@ class Registry:
         pin.freed_event.set()
         if pin.owner is not None:
             pin.owner.pin_freed(pin, died)
+
+    def kill_all(self):
+        """The last resort at shutdown: kill every worker still running."""
+        with self._lock:
+            pins = list(self._claimed.values())
+        for pin in pins:
+            pin.worker.kill(grace=0)
 
     def wait_all_freed(self, timeout):
         deadline = time.monotonic() + timeout

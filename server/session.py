@@ -22,14 +22,18 @@ import time
 from remoteio_factory import protocol, transport
 from remoteio_factory.protocol import MODES, ProtocolError, error_reply, encode
 from remoteio_server.tasks import KINDS as TASK_KINDS
+from remoteio_server.registry import worker_died
 from remoteio_server.tasks import Task
 
 log = logging.getLogger('remoteio_server.session')
 
 #: How long a read waits for the connection's other pins to catch up.
 BARRIER_TIMEOUT = 10.0
-#: A client that does not take its replies for this long is disconnected.
+#: A client that does not take its replies for this long is disconnected. With a
+#: lease (the default) the lease is that limit instead (see Session.run).
 SEND_TIMEOUT = 10.0
+#: The shortest blink or pulse cycle (seconds): shorter would only keep a core busy.
+MIN_CYCLE = 0.001
 #: With a token: a connection that has not authenticated by then is closed.
 AUTH_TIMEOUT = 10.0
 
@@ -192,11 +196,18 @@ class Session:
             if self.server.stopping:
                 raise ProtocolError('shutting_down', 'the server is shutting down')
             handler(id, message)
-        except (ProtocolError, TimeoutError) as exc:
-            code = getattr(exc, 'code', 'timeout')
+        except Exception as exc:
+            if isinstance(exc, ProtocolError):
+                code = exc.code
+            elif isinstance(exc, TimeoutError):
+                code = 'timeout'
+            else:   # a bug: report it, and go on serving the connection
+                log.exception('client %s: request failed', self.describe())
+                code = 'backend_error'
             pin = message.get('pin') if isinstance(message, dict) else None
             valid_pin = isinstance(pin, int) and not isinstance(pin, bool)
-            self.send(error_reply(id, code, str(exc), pin=pin if valid_pin else None))
+            self.send(error_reply(id, code, str(exc) or type(exc).__name__,
+                                  pin=pin if valid_pin else None))
 
     # Helpers ---------------------------------------------------------------
 
@@ -208,6 +219,13 @@ class Session:
         if pin is None or pin.status != 'claimed':
             raise ProtocolError('not_claimed', f'GPIO{gpio} is not claimed by this connection')
         return pin
+
+    def allowed_gpio(self, message):
+        """The request's GPIO, if the server lets clients have it."""
+        gpio = protocol.get_gpio(message, self.server.registry.gpios)
+        if not self.server.access.allows_pin(gpio):
+            raise ProtocolError('not_allowed', f'GPIO{gpio} is not in the server\'s --allow-pins list')
+        return gpio
 
     def forward(self, id, message, op, args):
         pin = self.owned(message)
@@ -223,8 +241,7 @@ class Session:
             del self.pins[pin.gpio]
         if died and not self.closed:
             self.send({'push': 'pin_lost', 'pin': pin.gpio,
-                       'error': {'code': 'worker_died', 'type': 'RemoteIOPinError',
-                                 'message': f'the worker of GPIO{pin.gpio} died; the pin was freed'}})
+                       'error': worker_died(pin.gpio, 'died; the pin was freed')})
         self.pin_progressed()
 
     def wait_caught_up(self, except_pin=None):
@@ -302,9 +319,7 @@ class Session:
         self.reply(id, monotonic=time.monotonic())
 
     def on_claim(self, id, message):
-        gpio = protocol.get_gpio(message, self.server.registry.gpios)
-        if not self.server.access.allows_pin(gpio):
-            raise ProtocolError('not_allowed', f'GPIO{gpio} is not in the server\'s --allow-pins list')
+        gpio = self.allowed_gpio(message)
         if gpio not in self.pins and len(self.pins) >= self.server.max_pins:
             raise ProtocolError('limit', f'a connection may claim at most {self.server.max_pins} pins')
         pin, state = self.server.registry.claim(gpio, self)
@@ -359,8 +374,9 @@ class Session:
             args['n'] = protocol.get_count(message, 'n', 0, protocol.MAX_COUNT) or None
         args['active_high'] = protocol.get_bool(message, 'active_high', True)
         task = Task(**args)
-        if task.cycle is not None and task.cycle <= 0:
-            raise ProtocolError('bad_request', f'a {kind} cycle must last longer than 0 ms')
+        if task.cycle is not None and task.cycle < MIN_CYCLE:
+            raise ProtocolError('bad_request', f'a {kind} cycle must last at least '
+                                               f'{MIN_CYCLE * 1000:g} ms')
         if task.uses_pwm and not self.server.capabilities['pwm']:
             raise ProtocolError('pwm_unsupported', f'{kind} needs PWM; the {self.server.backend} '
                                                    f'backend has none')
@@ -386,9 +402,7 @@ class Session:
         if self.server.backend != 'mock':
             raise ProtocolError('mock_only', 'drive works on the mock backend only: on a real '
                                              'Pi, the level of an input comes from its wiring')
-        gpio = protocol.get_gpio(message, self.server.registry.gpios)
-        if not self.server.access.allows_pin(gpio):
-            raise ProtocolError('not_allowed', f'GPIO{gpio} is not in the server\'s --allow-pins list')
+        gpio = self.allowed_gpio(message)
         state = message.get('state')
         if type(state) is not int or state not in (0, 1):
             raise ProtocolError('invalid_state', "field 'state' must be 0 or 1")

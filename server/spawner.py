@@ -24,10 +24,14 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+from remoteio_factory.transport import timeval
+
 log = logging.getLogger('remoteio_server.spawner')
 
 #: How long a worker may take to build its backend and say ready.
 START_TIMEOUT = 30.0
+#: How long a message to a worker may wait for the worker to read.
+WORKER_SEND_TIMEOUT = 5.0
 
 
 class WorkerStartError(RuntimeError):
@@ -41,6 +45,8 @@ class Worker:
         self.pid = pid
         self.conn = conn
         self.ready = False
+        self._kill_lock = threading.Lock()
+        self._killed = False
         try:
             self._pidfd = os.pidfd_open(pid)   # survives pid reuse; Linux 5.3+
         except (AttributeError, OSError):
@@ -85,8 +91,14 @@ class Worker:
         """
         Close the socket (a worker that still serves a pin then releases it
         and exits), give the process *grace* seconds to end, then kill it.
-        The zygote reaps it.
+        The zygote reaps it. Safe to call more than once, from several threads.
         """
+        with self._kill_lock:
+            if not self._killed:
+                self._kill(grace)
+                self._killed = True
+
+    def _kill(self, grace):
         try:
             self.conn.close()
         except OSError:
@@ -139,6 +151,9 @@ class Zygote:
         if 'pid' not in reply:
             ours.close()
             raise WorkerStartError(reply.get('error', 'the zygote refused'))
+        # A send to a worker that has stopped reading fails after this long
+        # (the server then kills the worker) instead of blocking a session.
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(WORKER_SEND_TIMEOUT))
         return reply['pid'], Connection(ours.detach())
 
     def close(self):

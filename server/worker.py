@@ -75,7 +75,8 @@ CONFIG_OPS = frozenset({'frequency', 'pull', 'edges', 'subscribe'})
 EDGE_LEVELS = {'both': (0, 1), 'rising': (1,), 'falling': (0,), 'none': ()}
 
 
-def _dumps(message):
+def pack(message):
+    """Encode a message for the pipe between the server and a worker."""
     return json.dumps(message, separators=(',', ':')).encode('utf-8')
 
 
@@ -481,7 +482,7 @@ class PinWorker:
             self.submit(Job(seq, op, args, request_id))
 
     def send(self, message):
-        data = _dumps(message)
+        data = pack(message)
         with self._lock:
             self.conn.send_bytes(data)
 
@@ -518,9 +519,9 @@ def main(conn, backend, revision):
     try:
         factory = build_factory(backend, revision)
     except Exception as exc:
-        conn.send_bytes(_dumps(['err', 0, describe_error(exc)]))
+        conn.send_bytes(pack(['err', 0, describe_error(exc)]))
         return
-    conn.send_bytes(_dumps(['ready', os.getpid()]))
+    conn.send_bytes(pack(['ready', os.getpid()]))
     try:
         raw = conn.recv_bytes()
     except EOFError:
@@ -536,7 +537,7 @@ def main(conn, backend, revision):
         if args.get('level') is not None:      # a mock input's level, set before the claim
             worker.drive(args['level'])
     except Exception as exc:
-        conn.send_bytes(_dumps(['err', seq, describe_error(exc), None]))
+        conn.send_bytes(pack(['err', seq, describe_error(exc), None]))
         factory.close()
         return
     worker.send(['ok', seq, worker.read_state()])
