@@ -111,7 +111,10 @@ def test_a_short_token_is_refused_at_start():
 
 # Peers that are not on this machine: a network namespace of the test's own ---------------
 
-NETNS_HOST, NETNS_PEER = '10.231.7.1', '10.231.7.2'
+# A /30 of the namespace's own, picked at random so that runs side by side do not clash.
+_NET = random.Random().randrange(1 << 14) * 4
+NETNS_HOST = f'10.231.{_NET >> 8}.{(_NET & 255) + 1}'
+NETNS_PEER = f'10.231.{_NET >> 8}.{(_NET & 255) + 2}'
 
 
 @pytest.fixture(scope='module')
