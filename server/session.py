@@ -410,6 +410,7 @@ class Session:
 
     def on_status(self, id, message):
         history = protocol.get_count(message, 'history', 20, 1000)
+        self.wait_caught_up()      # the status shows what this connection has sent
         self.reply(id, **self.server.status(history))
 
     def on_bye(self, id, message):

@@ -20,6 +20,7 @@ def test_every_alias_drives_the_same_remote_gpio(factory, server, name):
     led = LED(name, pin_factory=factory)
     try:
         led.on()
+        assert led.value == 1     # a read: the write has reached the server
         entry = server.pin(17)
         assert entry['owner'] is not None and entry['state'] == 1
         assert factory.pin(name) is factory.pin(17)
@@ -36,6 +37,7 @@ def test_names_resolve_against_the_remote_board(fresh_server):
         assert factory.board_info.model == 'B'
         led = LED('BOARD3', pin_factory=factory)
         led.on()
+        assert led.value == 1
         assert old.pin(0)['state'] == 1
         with pytest.raises(PinInvalidPin):
             LED(2, pin_factory=factory)  # no GPIO2 on that board
@@ -92,6 +94,7 @@ def test_second_client_gets_pin_in_use_and_first_keeps_working(server):
         server.wait_free(27)
         other = LED(27, pin_factory=second)   # free again: the second client may have it
         other.on()
+        assert other.value == 1
         assert server.pin(27)['state'] == 1
         other.close()
     finally:
@@ -130,6 +133,7 @@ def test_status_lists_clients_and_pins(factory, server):
 def test_status_command(server, factory):
     led = LED(15, pin_factory=factory)
     led.on()
+    assert led.value == 1
     bindir = os.path.dirname(sys.executable)
     text = subprocess.run([os.path.join(bindir, 'remoteio'), 'status', '--host', server.host,
                            '--port', str(server.port)], capture_output=True, text=True, timeout=30)

@@ -170,6 +170,7 @@ def test_oversized_message_closes_with_reason_and_others_carry_on(server, factor
         assert reader.readline() == b''   # closed by the server
     assert bystander.value == 1
     bystander.off()
+    assert bystander.value == 0
     assert server.pin(20)['state'] is False
     assert server.alive()
     bystander.close()
@@ -207,6 +208,7 @@ def test_killed_worker_frees_its_pin_and_the_owner_is_told(server, factory):
     led.close()
     again = LED(12, pin_factory=factory)
     again.on()
+    assert again.value == 1
     assert server.pin(12)['state'] is True
     again.close()
     bystander.close()
