@@ -162,7 +162,7 @@ class Server:
             else:
                 sock.close()        # a flood: no thread, no explanation
             return
-        log.info('client %s connected', session.describe())
+        log.debug('client %s connected', session.describe())
         threading.Thread(target=session.run, name=f'remoteio-session-{session.id}',
                          daemon=True).start()
 
@@ -188,7 +188,9 @@ class Server:
     def session_ended(self, session, reason):
         with self._lock:
             self.sessions.pop(session.id, None)
-        log.info('client %s disconnected: %s', session.describe(), reason)
+        # a client that drove pins is worth a line; a status query is not
+        level = logging.INFO if session.claimed_any else logging.DEBUG
+        log.log(level, 'client %s disconnected: %s', session.describe(), reason)
 
     # Information ---------------------------------------------------------------
 

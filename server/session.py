@@ -75,6 +75,7 @@ class Session:
         self.client = None
         self.connected = time.monotonic()
         self.pins = {}                     # gpio -> ClaimedPin
+        self.claimed_any = False
         self.greeted = False
         self.authenticated = server.access.protected   # no token: loopback only, no auth
         self._nonce = None
@@ -326,6 +327,7 @@ class Session:
         if state is None:
             state = pin.call('read', {})
         self.pins[gpio] = pin
+        self.claimed_any = True
         self.reply(id, pin=gpio, **state)
 
     def on_release(self, id, message):

@@ -58,9 +58,10 @@ def test_seed_examples(fresh_server):
     with socket.socket() as s:      # a free port for the seed's run_server(port=...)
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
+    # its log goes nowhere: an unread pipe would fill up and stall the server
     seed_server = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, 'seed_server.py'),
-                                    str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
+                                    str(port)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True)
     try:
         line = []
         reader = threading.Thread(target=lambda: line.append(seed_server.stdout.readline()))
@@ -77,7 +78,7 @@ def test_seed_examples(fresh_server):
         def gpio4_free():
             pins = {p['gpio']: p for p in server_status('127.0.0.1', port)['pins']}
             return pins.get(4) if pins.get(4, {}).get('status') == 'free' else None
-        entry = wait_for(gpio4_free, 15, message='GPIO4 to be released')
+        entry = wait_for(gpio4_free, 15, interval=0.05, message='GPIO4 to be released')
         changes = [(e['t'], e['state']) for e in entry['history'] if 'state' in e]
         highs = [b[0] - a[0] for a, b in zip(changes, changes[1:]) if a[1] == 1]
         assert abs(highs[0] - 2.0) < 0.01          # on(time_ms=2000), timed by the server
