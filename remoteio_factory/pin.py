@@ -102,10 +102,14 @@ class RemoteIOPin(PiPin):
 
     # Talking to the server -------------------------------------------------
 
-    def _request(self, op, **fields):
+    def _raise_failure(self):
+        """Raise the failure of an earlier posted request on this pin, once."""
         error, self._error = self._error, None
         if error is not None:
             raise error
+
+    def _request(self, op, **fields):
+        self._raise_failure()
         self.factory._wait_online()
         return self.factory._connection.request(op, pin=self._gpio, **fields)
 
@@ -275,9 +279,7 @@ class RemoteIOPin(PiPin):
         if self._closed:
             raise RemoteIOFactoryClosed(f'cannot run {kind} on {self!r}: the factory is closed')
         self._claim()
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
+        self._raise_failure()
         fields = {name: value for name, value in fields.items() if value is not None}
         if time_ms:
             fields['time_ms'] = time_ms

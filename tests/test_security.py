@@ -17,7 +17,7 @@ import uuid
 import pytest
 from gpiozero import LED, PinInvalidPin
 
-from conftest import ServerProcess, start_script
+from conftest import ServerProcess, start_script, wait_for
 from remoteio_factory import (
     RemoteIOAuthError, RemoteIOConnectionError, RemoteIOFactory, server_status)
 from remoteio_factory.protocol import auth_mac
@@ -368,7 +368,7 @@ def test_tls_end_to_end(tls_server):
             led.value = i % 2
         led.on()
         assert led.value == 1 and button.is_pressed
-        assert wait_until(lambda: len(seen) == 1000), len(seen)
+        wait_for(lambda: len(seen) == 1000, message='1000 presses')
         status = server_status(tls_server.host, tls_server.port)   # with REMOTEIO_TLS_CA unset...
     except RemoteIOConnectionError as exc:
         assert 'TLS' in str(exc)                                    # ...a plain client is refused
@@ -382,15 +382,6 @@ def test_tls_end_to_end(tls_server):
         env=dict(os.environ, REMOTEIO_TLS_CA=tls_server.ca))
     assert env_status.returncode == 0, env_status.stderr
     assert json.loads(env_status.stdout)['security']['tls'] is True
-
-
-def wait_until(predicate, timeout=10):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_tls_with_a_certificate_we_do_not_trust_is_refused(tls_server):
@@ -424,18 +415,18 @@ def test_reconnect_restores_pins_after_the_server_comes_back(fresh_server):
         button.when_pressed = lambda: presses.append(1)
         led.on()
         lamp.value = 0.3
-        assert wait_until(lambda: presses == [1])
+        wait_for(lambda: presses == [1], message='the first press')
         first.stop(sig=signal.SIGKILL)
-        assert wait_until(lambda: factory.reconnecting, 5)
+        wait_for(lambda: factory.reconnecting, 5, message='the factory to notice')
         led.off()                                   # during the gap: kept, applied on return
         second = fresh_server('--mock-wire', '17:27', '--port', str(port))
-        assert wait_until(lambda: not factory.reconnecting, 15)
+        wait_for(lambda: not factory.reconnecting, 15, message='the reconnection')
         pins = {p['gpio']: p for p in second.status()['pins']}
         assert pins[17]['function'] == 'output' and pins[17]['state'] is False
         assert pins[18]['frequency'] == 500.0 and pins[18]['state'] == pytest.approx(0.3)
         assert pins[27]['function'] == 'input' and pins[27]['status'] == 'claimed'
         led.on()                                    # events flow again
-        assert wait_until(lambda: presses == [1, 1])
+        wait_for(lambda: presses == [1, 1], message='a press after reconnecting')
         assert lamp.value == pytest.approx(0.3)
     finally:
         factory.close()
