@@ -139,6 +139,12 @@ def access_policy(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['setup']:
+        # `remoteio-server setup ...`: install the service on this Pi (remoteio_server.setup)
+        from remoteio_server import setup
+        setup.main(argv[1:])
+        return
     args = parser().parse_args(argv)
     if not args.mock_wire and _env('MOCK_WIRE', ''):
         args.mock_wire = [_wire(w) for w in _env('MOCK_WIRE', '').split(',') if w.strip()]
