@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -35,9 +36,16 @@ DEFAULT_TIMEOUT = 10.0
 #: How long close() waits for the server to confirm it has everything.
 CLOSE_TIMEOUT = 2.0
 
+#: The client's clock: gpiozero's ticks, and the one edge times are converted to.
+#: time.monotonic() on Linux and macOS; on Windows before Python 3.13 that ticks in
+#: 15.6 ms steps (GetTickCount64), too coarse for the clock offset and held_time,
+#: so perf_counter() (QueryPerformanceCounter: monotonic too, microseconds) is used
+#: there; from 3.13 on both are the same clock.
+clock = time.perf_counter if sys.platform == 'win32' else time.monotonic
+
 # Connections are not usable in a forked child: it has the socket but not the
 # reader thread. Mark them so the child neither uses nor shuts down the
-# parent's socket.
+# parent's socket. Windows has no fork (nor os.register_at_fork): nothing to do.
 _connections = weakref.WeakSet()
 
 
@@ -118,6 +126,7 @@ class Connection:
         self._broken = None
         self._server_reason = None        # why the server said it is closing
         self._stop_heartbeat = threading.Event()
+        self._idle_timeouts = False       # see the send timeout below
         try:
             self._sock = socket.create_connection((host, port), timeout=connect_timeout)
         except OSError as exc:
@@ -129,8 +138,15 @@ class Connection:
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        # A send may block only this long (a server that stopped reading).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, transport.timeval(timeout))
+        # A send may block only this long (a server that stopped reading): SO_SNDTIMEO,
+        # encoded as each platform wants it. Where it cannot be set, a plain socket gets
+        # Python's own timeout instead, which bounds its receives too: the reader then
+        # takes a receive timeout as an idle connection, not a lost one. (Under TLS the
+        # transport bounds sends itself.)
+        if not transport.set_send_timeout(sock, timeout) and tls is None:
+            log.debug('no SO_SNDTIMEO on this platform: sends bounded by a socket timeout')
+            sock.settimeout(timeout)
+            self._idle_timeouts = True
         if tls is not None:
             try:
                 self._sock = transport.wrap(tls, sock, server_side=False, server_hostname=host,
@@ -208,9 +224,9 @@ class Connection:
         """The server's clock minus ours, from the quickest of a few round trips."""
         best = None
         for _ in range(samples):
-            sent = time.monotonic()
+            sent = clock()
             server_time = self.request('heartbeat', timeout=timeout)['monotonic']
-            received = time.monotonic()
+            received = clock()
             if best is None or received - sent < best[0]:
                 best = (received - sent, server_time - (sent + received) / 2)
         return best[1]
@@ -322,6 +338,11 @@ class Connection:
             while True:
                 try:
                     data = self._sock.recv(65536)
+                except socket.timeout as exc:
+                    if self._idle_timeouts and exc.errno is None:
+                        continue      # Python's timeout (see __init__): nothing to read yet
+                    reason = f'receive failed: {exc.strerror or exc}'
+                    break
                 except OSError as exc:
                     reason = f'receive failed: {exc.strerror or exc}'
                     break

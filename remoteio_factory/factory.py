@@ -25,7 +25,7 @@ from time import monotonic, sleep
 
 from remoteio_factory import protocol
 from remoteio_factory.connection import (
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Connection)
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Connection, clock)
 from remoteio_factory.events import EventDispatcher
 from remoteio_factory.exc import RemoteIOAuthError, RemoteIOConnectionError, exception_for
 from remoteio_factory.pin import RemoteIOPin
@@ -240,7 +240,7 @@ class RemoteIOFactory(PiFactory):
 
     @staticmethod
     def ticks():
-        return monotonic()
+        return clock()       # the clock edge times are converted to (see connection.clock)
 
     @staticmethod
     def ticks_diff(later, earlier):

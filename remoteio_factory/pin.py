@@ -21,7 +21,6 @@ gpiozero does when it closes a pin.
 import logging
 import math
 import threading
-import time
 
 from gpiozero.exc import (
     PinEdgeDetectUnsupported, PinFixedPull, PinInvalidBounce, PinInvalidEdges,
@@ -29,6 +28,7 @@ from gpiozero.exc import (
     PinPWMUnsupported, PinSetInput)
 from gpiozero.pins.pi import PiPin
 
+from remoteio_factory.connection import clock
 from remoteio_factory.exc import RemoteIOConnectionError, RemoteIOFactoryClosed
 from remoteio_factory.protocol import EDGES, FUNCTIONS, MAX_BOUNCE, MAX_FREQUENCY, PULLS
 
@@ -149,7 +149,7 @@ class RemoteIOPin(PiPin):
                     level = int(bool(connection.request('read', pin=gpio)['state']))
                     if self._last_event_state is not None and level != self._last_event_state:
                         events = self.factory._events
-                        events.put(gpio, time.monotonic() + events.offset, level)
+                        events.put(gpio, clock() + events.offset, level)
         except Exception as exc:
             log.error('could not restore %r after reconnecting: %s', self, exc)
             self._lost(exc)

@@ -11,13 +11,18 @@ which does all of its reading and writing; the other threads hand it bytes
 to send and take the bytes it has read. It offers the few socket methods the
 protocol code uses (``recv``, ``sendall``, ``settimeout``, ``shutdown``,
 ``close``), so a plain socket and a TLS transport are used alike.
+
+It also holds the one platform-specific socket option both halves set: the
+send timeout (:func:`set_send_timeout`), whose value is encoded differently
+on Linux, macOS and Windows.
 """
 
-import os
+import errno
 import select
 import socket
 import ssl
 import struct
+import sys
 import threading
 from collections import deque
 
@@ -28,9 +33,72 @@ SEND_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 
 
+# How SO_SNDTIMEO/SO_RCVTIMEO take their value, by platform (chosen once, at import;
+# tests force another by patching it):
+#  - 'timeval' (Linux, the BSDs): struct timeval {long tv_sec; long tv_usec;}.
+#  - 'darwin' (macOS): struct timeval {time_t tv_sec; int32 tv_usec;} padded to the
+#    alignment of time_t (16 bytes on 64-bit macOS).
+#  - 'win32' (Windows): a DWORD of milliseconds, not a timeval.
+if sys.platform == 'win32':
+    SEND_TIMEOUT_STYLE = 'win32'
+elif sys.platform == 'darwin':
+    SEND_TIMEOUT_STYLE = 'darwin'
+else:
+    SEND_TIMEOUT_STYLE = 'timeval'
+
+_TIMEVAL_FORMAT = {'timeval': '@ll', 'darwin': '@li0l'}
+
+
+def _timeval(seconds, style):
+    return struct.pack(_TIMEVAL_FORMAT[style], int(seconds), int((seconds % 1) * 1e6))
+
+
 def timeval(seconds):
-    """*seconds* as a ``struct timeval``, for SO_SNDTIMEO/SO_RCVTIMEO."""
-    return struct.pack('ll', int(seconds), int((seconds % 1) * 1e6))
+    """
+    *seconds* as this platform's ``struct timeval``, for SO_SNDTIMEO/SO_RCVTIMEO
+    on POSIX systems (Linux: two longs, as before; macOS: a long and an int32).
+    Windows takes milliseconds for those options instead, not a timeval: use
+    :func:`set_send_timeout`, which works on every platform.
+    """
+    return _timeval(seconds, 'timeval' if SEND_TIMEOUT_STYLE == 'win32' else SEND_TIMEOUT_STYLE)
+
+
+def send_timeout_value(seconds, style=None):
+    """The value of SO_SNDTIMEO (or SO_RCVTIMEO) for *seconds* on this platform."""
+    style = style or SEND_TIMEOUT_STYLE
+    if style == 'win32':
+        milliseconds = int(round(seconds * 1000))
+        # 0 would mean "no timeout": a positive timeout below 1 ms is 1 ms
+        return max(milliseconds, 1) if seconds > 0 else 0
+    return _timeval(seconds, style)
+
+
+def set_send_timeout(sock, seconds):
+    """
+    Make a blocking send on *sock* fail after *seconds* without progress
+    (SO_SNDTIMEO), on Linux, macOS and Windows alike. Returns True if the
+    option is set; False if this platform cannot set it (the caller then bounds
+    its sends another way; see :class:`remoteio_factory.connection.Connection`).
+    """
+    option = getattr(socket, 'SO_SNDTIMEO', None)
+    if option is None:      # not in this platform's socket module
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, option, send_timeout_value(seconds))
+        return True
+    except OSError as exc:
+        if (SEND_TIMEOUT_STYLE == 'timeval' and exc.errno == errno.EINVAL
+                and struct.calcsize('@l') == 4):
+            # A 32-bit Linux whose C library has a 64-bit time_t (Debian and Raspberry
+            # Pi OS from trixie on armhf): SO_SNDTIMEO is SO_SNDTIMEO_NEW there and takes
+            # two 64-bit integers.
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option,
+                                struct.pack('@qq', int(seconds), int((seconds % 1) * 1e6)))
+                return True
+            except OSError:
+                pass
+        return False
 
 
 def client_context(cafile=None, check_hostname=True):
@@ -71,8 +139,11 @@ class TLSTransport:
         self._error = None
         self._shut_write = False
         self._closed = False
-        self._wake_r, self._wake_w = self._wake_fds = os.pipe()
-        os.set_blocking(self._wake_w, False)
+        # The pump's wake-up: a socket pair, not a pipe, because Windows' select()
+        # takes sockets only (and os.set_blocking() on a pipe needs Python 3.12 there).
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._wake_socks = (self._wake_r, self._wake_w)
         self._pump = threading.Thread(target=self._run, name='remoteio-tls', daemon=True)
         self._pump.start()
 
@@ -134,25 +205,24 @@ class TLSTransport:
         if threading.current_thread() is not self._pump:
             self._pump.join(2)
         if not self._pump.is_alive():
-            self._close_wake_pipe()
+            self._close_wake_socks()
 
-    def _close_wake_pipe(self):
-        # Only once the pump has ended: closed earlier, its numbers could be
-        # reused by another socket before a late _wake() writes to them.
+    def _close_wake_socks(self):
+        # Only once the pump has ended: it may still be selecting on them.
         with self._lock:
-            fds, self._wake_fds = self._wake_fds, None
-        if fds is not None:
-            for fd in fds:
-                os.close(fd)
+            socks, self._wake_socks = self._wake_socks, None
+        if socks is not None:
+            for sock in socks:
+                sock.close()
 
     # The pump ------------------------------------------------------------------
 
     def _wake(self):
         with self._lock:
-            if self._wake_fds is None:
+            if self._wake_socks is None:
                 return
             try:
-                os.write(self._wake_w, b'x')
+                self._wake_w.send(b'x')
             except OSError:       # full: the pump is awake already
                 pass
 
@@ -178,7 +248,7 @@ class TLSTransport:
                     readable, writable, _ = select.select(
                         [tls, self._wake_r], [tls] if want_write else [], [])
                     if self._wake_r in readable:
-                        os.read(self._wake_r, 4096)
+                        self._wake_r.recv(4096)
                 else:
                     readable, writable = [tls], []
                 if tls in readable:
