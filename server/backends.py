@@ -8,7 +8,13 @@ line), never by a client, and never taken from ``GPIOZERO_PIN_FACTORY``
 (which on a client machine names *us*: the server would connect to itself).
 """
 
+import contextlib
+import io
 import logging
+import os
+import socket
+import struct
+import tempfile
 
 log = logging.getLogger('remoteio_server.backends')
 
@@ -45,9 +51,7 @@ def build_factory(name, revision=None):
         from gpiozero.pins.rpigpio import RPiGPIOFactory
         return RPiGPIOFactory()
     if name == 'pigpio':
-        from gpiozero.pins.pigpio import PiGPIOFactory
-        factory = PiGPIOFactory(host='localhost')
-        return factory
+        return _pigpio_factory()
     if name == 'native':
         import warnings
         from gpiozero.pins.native import NativeFactory
@@ -55,6 +59,120 @@ def build_factory(name, revision=None):
             warnings.simplefilter('ignore')  # NativePinFactoryFallback: we chose it
             return NativeFactory()
     raise ValueError(f'unknown backend {name!r}; choose one of {", ".join(BACKENDS)}')
+
+
+#: Where a pin worker builds its factory: ``pigpio`` only when the pin is claimed
+#: (see :func:`_pigpio_factory`), the others when the worker starts (a spare).
+BUILD_AT_CLAIM = frozenset({'pigpio'})
+
+#: pigpiod's error for "no notification handle left" (PI_NO_HANDLE).
+_PI_NO_HANDLE = -24
+_PI_CMD_NOIB, _PI_CMD_NC = 99, 21
+
+
+def pigpio_address():
+    """The pigpio daemon's (host, port): ``PIGPIO_ADDR``/``PIGPIO_PORT``, as pigpio reads them."""
+    return os.environ.get('PIGPIO_ADDR') or 'localhost', int(os.environ.get('PIGPIO_PORT') or 8888)
+
+
+def _pigpio_factory():
+    """
+    gpiozero's PiGPIOFactory on the daemon at :func:`pigpio_address`.
+
+    The pigpio library prints a 12-line banner on stdout when it cannot connect
+    (our stdout carries the server's ready line): it is captured and logged at
+    debug level instead. When the daemon refuses a notification handle (it has
+    32, and every pigpio connection takes one), pigpio only says it failed to
+    connect: that case is told apart and explained.
+    """
+    from gpiozero.pins.pigpio import PiGPIOFactory
+    host, port = pigpio_address()
+    banner = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(banner):
+            return PiGPIOFactory(host=host, port=port)
+    except OSError as exc:
+        if _pigpio_out_of_handles(host, port):
+            raise OSError(
+                f'the pigpio daemon at {host}:{port} has no notification handle left (it has '
+                f'32, one per connection, and each claimed pin uses one): claim fewer pins, or '
+                f'stop other pigpio clients') from None
+        raise OSError(f'cannot connect to the pigpio daemon at {host}:{port} ({exc}); is '
+                      f'pigpiod running? (sudo systemctl start pigpiod; PIGPIO_ADDR and '
+                      f'PIGPIO_PORT choose another daemon)') from None
+    finally:
+        if banner.getvalue().strip():
+            log.debug('pigpio said: %s', ' '.join(banner.getvalue().split()))
+
+
+def _pigpio_out_of_handles(host, port):
+    """True if the daemon answers but refuses a notification handle."""
+    try:
+        with socket.create_connection((host, port), timeout=2) as sock:
+            sock.sendall(struct.pack('IIII', _PI_CMD_NOIB, 0, 0, 0))
+            reply = b''
+            while len(reply) < 16:
+                chunk = sock.recv(16 - len(reply))
+                if not chunk:
+                    return False
+                reply += chunk
+            result = struct.unpack('12si', reply)[1]
+            if result >= 0:
+                sock.sendall(struct.pack('IIII', _PI_CMD_NC, result, 0, 0))
+            return result == _PI_NO_HANDLE
+    except OSError:
+        return False
+
+
+def worker_environment():
+    """
+    The environment for the zygote and the pin workers, and a directory to
+    remove when the server ends (or None).
+
+    The lgpio library creates its notification FIFOs in its working directory
+    (``LG_WD``, else the current directory, which under systemd's
+    ``ProtectSystem=strict`` is a read-only ``/``). Unless ``LG_WD`` is set,
+    workers get a private directory: systemd's ``RUNTIME_DIRECTORY`` if the
+    unit has one, else a new temporary directory.
+    """
+    env = dict(os.environ)
+    if env.get('LG_WD'):
+        return env, None
+    runtime = (env.get('RUNTIME_DIRECTORY') or '').split(':')[0]
+    if runtime and os.access(runtime, os.W_OK | os.X_OK):
+        env['LG_WD'] = runtime
+        return env, None
+    created = tempfile.mkdtemp(prefix='remoteio-server-')
+    env['LG_WD'] = created
+    return env, created
+
+
+def on_raspberry_pi():
+    """
+    The model if this machine is a Raspberry Pi (device tree or /proc/cpuinfo),
+    else None. Files are opened (not tested for existence), so that what the
+    device tree says is what gpiozero will read.
+    """
+    for path in ('/proc/device-tree/model', '/sys/firmware/devicetree/base/model'):
+        try:
+            with open(path, 'rb') as f:
+                model = f.read().rstrip(b'\0').decode('utf-8', 'replace').strip()
+        except OSError:
+            continue
+        return model if model.startswith('Raspberry Pi') else None
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'Model' and 'Raspberry Pi' in value:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+class NoBackend(RuntimeError):
+    """No real backend works on a Raspberry Pi: serving simulated pins would mislead."""
 
 
 def probe(name, revision=None):
@@ -79,5 +197,14 @@ def probe(name, revision=None):
         return candidate, board_revision, reasons
     if name != 'auto':
         raise RuntimeError(f'backend {name} does not work on this machine: {reasons[0]}')
+    model = on_raspberry_pi()
+    if model is not None:
+        raise NoBackend(
+            f'this is a {model}, but no GPIO backend works here, so no pin could be driven:\n  '
+            + '\n  '.join(reasons) +
+            '\nInstall one (on Raspberry Pi OS: sudo apt install python3-lgpio, and a venv made '
+            'with --system-site-packages; or pip install lgpio), make sure this user may open '
+            '/dev/gpiochip* (group gpio) and that lgpio may write its working directory '
+            '(LG_WD). To run on simulated pins anyway, say --backend mock.')
     factory = build_factory('mock', revision)
     return 'mock', factory.board_info.revision, reasons

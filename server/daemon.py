@@ -11,6 +11,7 @@ and exits within a bounded time.
 """
 
 import logging
+import shutil
 import signal
 import socket
 import threading
@@ -86,16 +87,18 @@ class Server:
         self._stopping = threading.Event()
         self._refusals = threading.BoundedSemaphore(MAX_REFUSALS)   # explained at once
         self.started = None
+        self._workdir = None          # a directory made for lgpio's FIFOs
 
     # Start-up ----------------------------------------------------------------
 
     def start(self):
         """Resolve the backend, start the spawner and listen. Returns the bound port."""
-        self.spawner = Spawner(None, self.revision, self.spares)
+        env, self._workdir = backends.worker_environment()
+        self.spawner = Spawner(None, self.revision, self.spares, env=env)
         try:
             backend, revision, reasons = self.spawner.probe(self.requested_backend)
         except Exception:
-            self.spawner.close()
+            self._close_spawner()
             raise
         for reason in reasons:
             log.info('backend not usable: %s', reason)
@@ -109,7 +112,7 @@ class Server:
         for out, into in self.mock_wires:
             for gpio in (out, into):
                 if gpio not in gpios:
-                    self.spawner.close()
+                    self._close_spawner()
                     raise ValueError(f'--mock-wire: GPIO{gpio} is not a GPIO of this board')
         self.spawner.use(backend, revision if backend == 'mock' else None)
         self.registry = Registry(self.spawner, gpios, self.mock_wires)
@@ -271,6 +274,9 @@ class Server:
             pass
         with self._lock:
             sessions = list(self.sessions.values())
+        # Outputs go off now, not when their tasks would have ended (a 60 s impulse
+        # would outlast systemd's stop timeout, and a killed worker switches nothing off).
+        self.registry.halt_all()
         for session in sessions:
             session.send({'push': 'closing', 'reason': 'the server is shutting down'})
             for pin in list(session.pins.values()):
@@ -282,7 +288,13 @@ class Server:
         for session in sessions:
             session.end_reason = 'the server shut down'
             session._abort()
+        self._close_spawner()
+
+    def _close_spawner(self):
         self.spawner.close()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
 
 def _peer_text(peer):

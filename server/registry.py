@@ -119,8 +119,7 @@ class ClaimedPin:
                 # fails what is pending.
                 if self.status not in ('gone', 'abandoned'):
                     log.error('GPIO%d: cannot reach its worker (%s); killing it', self.gpio, exc)
-                threading.Thread(target=self.worker.kill, kwargs={'grace': 0},
-                                 daemon=True).start()
+                self.worker.terminate()
 
     def sync(self, timeout=INTERNAL_TIMEOUT):
         """Wait until the worker has taken every write sent before."""
@@ -284,7 +283,7 @@ class Registry:
             with pin._lock:
                 if pin.status != 'gone':
                     pin.status = 'abandoned'   # its reader reaps it and frees nothing
-            worker.kill(grace=0)
+            worker.terminate()   # its reader sees the end and reaps it
             with self._lock:
                 if self._claimed.get(gpio) is pin:
                     del self._claimed[gpio]
@@ -323,12 +322,19 @@ class Registry:
         if pin.owner is not None:
             pin.owner.pin_freed(pin, died)
 
+    def halt_all(self):
+        """Shutdown: every pin ends its running task and drops its queue at once."""
+        with self._lock:
+            pins = [p for p in self._claimed.values() if p.status in ('claimed', 'releasing')]
+        for pin in pins:
+            pin.forward('halt', {}, NoReply())
+
     def kill_all(self):
         """The last resort at shutdown: kill every worker still running."""
         with self._lock:
             pins = list(self._claimed.values())
         for pin in pins:
-            pin.worker.kill(grace=0)
+            pin.worker.terminate()
 
     def wait_all_freed(self, timeout):
         deadline = time.monotonic() + timeout

@@ -98,6 +98,24 @@ class Worker:
                 self._kill(grace)
                 self._killed = True
 
+    def terminate(self):
+        """
+        Kill the process now, leaving the socket to its reader: the reader then
+        sees the end and cleans up (closing the socket under a thread blocked
+        reading it would break that thread instead). For a worker that stopped
+        reading, or one whose socket broke.
+        """
+        with self._kill_lock:
+            if self._killed:
+                return
+            try:
+                if self._pidfd is not None:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                else:
+                    os.kill(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, OSError):
+                pass
+
     def _kill(self, grace):
         try:
             self.conn.close()
@@ -120,11 +138,11 @@ class Worker:
 class Zygote:
     """The zygote process and its control socket."""
 
-    def __init__(self):
+    def __init__(self, env=None):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'remoteio_server.zygote', str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         self.control = ours
         self._replies = ours.makefile('rb')
@@ -173,11 +191,11 @@ class Zygote:
 class Spawner:
     """Starts workers for one backend and keeps *spares* of them ready."""
 
-    def __init__(self, backend, revision=None, spares=2):
+    def __init__(self, backend, revision=None, spares=2, env=None):
         self.backend = backend
         self.revision = revision
         self.spares = spares
-        self._zygote = Zygote()
+        self._zygote = Zygote(env)
         self._ready = []
         self._lock = threading.Lock()
         self._wanted = threading.Condition(self._lock)

@@ -29,7 +29,8 @@ fields it has already validated. To the worker: ``[seq, op, args, id]``
 ``["ok", seq, result]``, ``["err", seq, error, id]`` and
 ``["end", seq, result, error]`` (a timed task ended: ``completed``,
 ``replaced``, ``superseded``, ``stopped`` or ``failed``). Timed tasks are
-answered when accepted; reads, snapshots and ``sync`` at once; ``setup``,
+answered when accepted; reads, snapshots, ``sync`` and ``halt`` (the server is
+stopping: end the running task, drop the queue) at once; ``setup``,
 ``frequency``, ``pull`` and ``release`` when they have run; a write only if
 it fails, or when it has run if asked to (``reply``). ``sync`` therefore tells the
 server that every write sent before it has been taken.
@@ -48,7 +49,7 @@ from collections import deque
 from gpiozero.exc import PinPWMFixedValue, PinPWMUnsupported, PinSetInput
 
 from remoteio_factory.protocol import CODE_FOR_EXCEPTION
-from remoteio_server.backends import CAPABILITIES, build_factory
+from remoteio_server.backends import BUILD_AT_CLAIM, CAPABILITIES, build_factory
 from remoteio_server.tasks import Task
 
 # Preloaded by the spawner so that every worker starts with gpiozero imported.
@@ -133,6 +134,7 @@ class PinWorker:
         self.deadline = None         # monotonic time of its next change
         self.closing = False
         self.released = False
+        self.closed_state = None       # what the pin was left as, once released
         self._level = None
         self._last = {}
         self._record()
@@ -149,6 +151,8 @@ class PinWorker:
     # State and history -----------------------------------------------------
 
     def read_state(self):
+        if self.closed_state is not None:
+            return dict(self.closed_state)
         pin = self.pin
         function = pin.function
         frequency = pin.frequency
@@ -166,7 +170,10 @@ class PinWorker:
         with self._lock:
             if now is None:
                 now = time.monotonic()
-            current = self.read_state()
+            return self._record_state(now, self.read_state())
+
+    def _record_state(self, now, current):
+        with self._lock:
             changed = False
             for key in ('function', 'frequency', 'state'):
                 value = current[key]
@@ -189,7 +196,8 @@ class PinWorker:
         result = self.read_state()
         result['writes'] = self.writes
         result['events'] = self.events
-        result['edges'] = self.pin.edges if self.pin.function == 'input' else None
+        result['edges'] = self.pin.edges if self.closed_state is None and \
+            result['function'] == 'input' else None
         result['bounce'] = self.bounce
         result['worker_pid'] = os.getpid()
         result['closing'] = self.closing
@@ -327,14 +335,33 @@ class PinWorker:
         pin = self.pin
         try:
             pin.when_changed = None
+            if self.bounce:
+                # gpiozero's close leaves it set, and some backends keep it beyond
+                # the pin's life (pigpiod's glitch filter): the next client would inherit it
+                pin.bounce = None
+                self.bounce = None
             if pin.frequency is not None:
                 pin.frequency = None
                 self._record()
             pin.close()
         finally:
-            self._record()
+            self._record_closed()
         self.released = True
         return self.snapshot()
+
+    def _record_closed(self):
+        """
+        Record what the pin was left as. Some backends give the line back when
+        a pin closes (RPi.GPIO's ``cleanup``), after which it cannot be read:
+        then it is an input at the level last seen.
+        """
+        try:
+            state = self.read_state()
+        except Exception:
+            state = {'function': 'input', 'state': bool(self._last.get('state', 0)),
+                     'frequency': None, 'pull': None}
+        self._record_state(time.monotonic(), state)
+        self.closed_state = state
 
     # Timed tasks ---------------------------------------------------------------
 
@@ -401,6 +428,25 @@ class PinWorker:
         self.queue.append(job)
         self.advance(time.monotonic())
 
+    def halt(self):
+        """
+        The server is stopping: end the running task now and drop what is
+        queued (each reported ``stopped``), so the pin is switched off at once
+        rather than after its work; a release already queued still runs.
+        """
+        kept = deque()
+        while self.queue:
+            job = self.queue.popleft()
+            if job.op == 'release':
+                kept.append(job)
+            else:
+                self._end_job(job, 'stopped', {'code': 'pin_closed', 'type': 'RemoteIOPinError',
+                                               'message': 'the server is shutting down'})
+        self.queue = kept
+        if self.running is not None:
+            self._end_task('stopped', switch_off=True)
+        self.advance(time.monotonic())
+
     def _supersede_queue(self):
         while self.queue:
             self._end_job(self.queue.popleft(), 'superseded')
@@ -464,6 +510,9 @@ class PinWorker:
             self.send(['ok', seq, self.snapshot(args.get('history', HISTORY_LENGTH))])
         elif op == 'sync':
             self.send(['ok', seq, {}])
+        elif op == 'halt':
+            self.halt()
+            self.send(['ok', seq, {}])
         elif op == 'drive':
             try:
                 self.drive(args['state'])
@@ -516,29 +565,36 @@ def main(conn, backend, revision):
     # The server handles SIGINT/SIGTERM and releases pins itself; a worker that
     # died on the terminal's Ctrl+C would leave its pin in an unknown state.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        factory = build_factory(backend, revision)
-    except Exception as exc:
-        conn.send_bytes(pack(['err', 0, describe_error(exc)]))
-        return
+    factory = None
+    if backend not in BUILD_AT_CLAIM:
+        try:
+            factory = build_factory(backend, revision)
+        except Exception as exc:
+            conn.send_bytes(pack(['err', 0, describe_error(exc)]))
+            return
     conn.send_bytes(pack(['ready', os.getpid()]))
     try:
         raw = conn.recv_bytes()
     except EOFError:
-        factory.close()
-        return
-    seq, op, args, _ = json.loads(raw)
+        raw = None
+    seq, op, args, _ = json.loads(raw) if raw is not None else (0, None, {}, None)
     if op != 'claim':
-        factory.close()
+        if factory is not None:
+            factory.close()
         return
     try:
+        if factory is None:
+            factory = build_factory(backend, revision)
         worker = PinWorker(conn, factory, args['gpio'], backend, args.get('mode', 'wait'),
                            args.get('report_levels', False))
+        if backend == 'pigpio':
+            _keep_monitored(factory, args['gpio'])
         if args.get('level') is not None:      # a mock input's level, set before the claim
             worker.drive(args['level'])
     except Exception as exc:
         conn.send_bytes(pack(['err', seq, describe_error(exc), None]))
-        factory.close()
+        if factory is not None:
+            factory.close()
         return
     worker.send(['ok', seq, worker.read_state()])
     try:
@@ -552,3 +608,18 @@ def main(conn, backend, revision):
             worker.run_release({})
     finally:
         factory.close()
+
+
+def _keep_monitored(factory, gpio):
+    """
+    Have the pigpio daemon report every level change of *gpio* from the claim on.
+
+    The pigpio library takes the levels of all GPIOs once, when its connection
+    opens, and afterwards learns a level only from the daemon's reports, which
+    come only for GPIOs a callback watches. A level change while nothing
+    watched (a pull set before ``when_changed``) would leave it with a stale
+    level, and the first real edge would then look like no change and be
+    lost. A callback of our own keeps the GPIO watched for the pin's life.
+    """
+    import pigpio
+    factory.connection.callback(gpio, pigpio.EITHER_EDGE)

@@ -36,12 +36,13 @@ def wait_for(predicate, timeout=10.0, interval=0.01, message='condition'):
 class ServerProcess:
     """A remoteio-server subprocess and what tests need to talk to it."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, backend='mock', env=None, **popen):
         self.args = args
+        self.backend = backend
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'remoteio_server', '--host', '127.0.0.1', '--port', '0',
-             '--backend', 'mock', '--log-level', 'warning', *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_server_env())
+             '--backend', backend, '--log-level', 'warning', *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_server_env(env), **popen)
         self.stderr_lines = []
         line = self._read_ready_line()
         match = READY.search(line)
@@ -91,8 +92,12 @@ class ServerProcess:
     def wait_free(self, *gpios, timeout=10.0):
         """Wait until every GPIO in *gpios* has been released; return their entries."""
         def all_free():
-            pins = {p['gpio']: p for p in self.status()['pins']}
-            if all(g in pins and pins[g]['status'] == 'free' for g in gpios):
+            status = self.status()
+            pins = {p['gpio']: p for p in status['pins']}
+            # No client holds them (a release posted just now may not have been read
+            # yet: then its client still lists the pin) and their workers have ended.
+            held = {g for client in status['clients'] for g in client['pins']}
+            if all(g in pins and pins[g]['status'] == 'free' and g not in held for g in gpios):
                 return pins
             return None
         pins = wait_for(all_free, timeout, message=f'GPIOs {gpios} to be free')
@@ -113,8 +118,8 @@ class ServerProcess:
         return self.process.returncode
 
 
-def _server_env():
-    env = dict(os.environ)
+def _server_env(base=None):
+    env = dict(os.environ if base is None else base)
     # The server must never take its backend from the client's variable.
     env['GPIOZERO_PIN_FACTORY'] = 'remoteio'
     return env
