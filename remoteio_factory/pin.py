@@ -98,6 +98,9 @@ class RemoteIOPin(PiPin):
             pass  # a lost or closed connection has released the pin already
 
     def close(self):
+        # As gpiozero's own pins do: the handler goes with the pin, so a device
+        # made on it later subscribes afresh (and gets its events).
+        self.when_changed = None
         self._release()
 
     # Talking to the server -------------------------------------------------
