@@ -146,7 +146,7 @@ class Server:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.settimeout(None)
         # A blocked send (a client that stopped reading) must not stall a pin forever.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, transport.timeval(SEND_TIMEOUT))
+        transport.set_send_timeout(sock, SEND_TIMEOUT)
         peer_text = _peer_text(peer)
         refusal = self.access.admit(peer[0])
         session = None

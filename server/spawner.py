@@ -24,7 +24,7 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
-from remoteio_factory.transport import timeval
+from remoteio_factory.transport import set_send_timeout
 
 log = logging.getLogger('remoteio_server.spawner')
 
@@ -171,7 +171,7 @@ class Zygote:
             raise WorkerStartError(reply.get('error', 'the zygote refused'))
         # A send to a worker that has stopped reading fails after this long
         # (the server then kills the worker) instead of blocking a session.
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(WORKER_SEND_TIMEOUT))
+        set_send_timeout(ours, WORKER_SEND_TIMEOUT)
         return reply['pid'], Connection(ours.detach())
 
     def close(self):

@@ -36,13 +36,18 @@ def wait_for(predicate, timeout=10.0, interval=0.01, message='condition'):
 class ServerProcess:
     """A remoteio-server subprocess and what tests need to talk to it."""
 
-    def __init__(self, *args, backend='mock', env=None, **popen):
+    def __init__(self, *args, backend='mock', env=None, command=None, **popen):
+        """*command*: the whole command line, instead of this checkout's server
+        with *args* (then *env* is the whole environment, too)."""
         self.args = args
         self.backend = backend
+        self.token = None             # what status() authenticates with, if the server wants one
+        if command is None:
+            command = [sys.executable, '-m', 'remoteio_server', '--host', '127.0.0.1',
+                       '--port', '0', '--backend', backend, '--log-level', 'warning', *args]
+            env = _server_env(env)
         self.process = subprocess.Popen(
-            [sys.executable, '-m', 'remoteio_server', '--host', '127.0.0.1', '--port', '0',
-             '--backend', backend, '--log-level', 'warning', *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_server_env(env), **popen)
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **popen)
         self.stderr_lines = []
         line = self._read_ready_line()
         match = READY.search(line)
@@ -80,7 +85,7 @@ class ServerProcess:
         return RemoteIOFactory(host=self.host, port=self.port, **kwargs)
 
     def status(self, history=1000):
-        return server_status(self.host, self.port, history=history)
+        return server_status(self.host, self.port, history=history, token=self.token)
 
     def pin(self, gpio, history=1000):
         """The status entry of *gpio*, or None if the server never drove it."""

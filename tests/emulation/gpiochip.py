@@ -70,10 +70,11 @@ class EmulatedPi:
     """
     A Raspberry Pi's GPIO chip and device tree, emulated in a directory.
 
-    *revision* is the board's revision code (hex), one of :data:`BOARDS`.
+    *revision* is the board's revision code (hex), one of :data:`BOARDS`;
+    *chip* the number of the ``/dev/gpiochipN`` it appears as.
     """
 
-    def __init__(self, revision='d04170', directory=None):
+    def __init__(self, revision='d04170', directory=None, chip=0):
         model, label, lines = BOARDS[revision]
         self.revision = revision
         self.model = model
@@ -100,7 +101,7 @@ class EmulatedPi:
             ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64),
             ctypes.c_char_p, ctypes.c_size_t]
         # GPIO2 and GPIO3 (I2C) have 1.8 kΩ pull-ups on every 40-pin Pi
-        self._check(self._lib.gpioemu_create(self.directory.encode(), lines, 0, label.encode(),
+        self._check(self._lib.gpioemu_create(self.directory.encode(), lines, chip, label.encode(),
                                              (1 << 2) | (1 << 3)))
 
     @staticmethod
