@@ -197,3 +197,35 @@ def test_sigterm_switches_everything_off(backend):
     finally:
         rig.close()
 
+
+
+def test_pigpio_running_out_of_notification_handles_is_explained():
+    """pigpiod has 32 notification handles; each claimed pin's connection takes one."""
+    import socket
+    import struct
+    from gpiozero.exc import GPIOZeroError
+    rig = start_rig('pigpio', '--spares', '2')
+    others = []
+    try:
+        assert rig.daemon.handles_in_use() == 0          # spares hold none
+        for _ in range(31):                             # other pigpio clients take 31
+            sock = socket.create_connection(('127.0.0.1', rig.daemon.port))
+            sock.sendall(struct.pack('IIII', 99, 0, 0, 0))          # NOIB
+            assert struct.unpack('12si', sock.recv(16))[1] >= 0
+            others.append(sock)
+        factory = rig.server.factory()
+        led = LED(17, pin_factory=factory)               # the 32nd handle
+        led.on()
+        assert led.value == 1 and rig.level(17) == 1
+        with pytest.raises(GPIOZeroError, match='no notification handle left'):
+            LED(18, pin_factory=factory)
+        others.pop().close()                             # one comes free
+        wait_for(lambda: rig.daemon.handles_in_use() == 31, message='the handle to be freed')
+        second = LED(18, pin_factory=factory)
+        second.on()
+        assert second.value == 1 and rig.level(18) == 1
+        factory.close()
+    finally:
+        for sock in others:
+            sock.close()
+        rig.close()
