@@ -40,7 +40,9 @@ def parser():
         epilog='Every option with a value can also be set with an environment variable '
                'REMOTEIO_SERVER_<OPTION>, e.g. REMOTEIO_SERVER_PORT=8509 or '
                'REMOTEIO_SERVER_TOKEN_FILE=/etc/remoteio/token; the token itself also as '
-               'REMOTEIO_TOKEN. Reference: docs/configuration.md.')
+               'REMOTEIO_TOKEN. Reference: docs/configuration.md. To install the server as a '
+               'systemd service on a Raspberry Pi (user, token, unit): sudo remoteio-server setup '
+               '(remoteio-server setup --help).')
     p.add_argument('--host', default=_env('HOST', '0.0.0.0'),
                    help='address to listen on; 127.0.0.1 for this machine only, :: for IPv6 '
                         '(default: %(default)s)')
