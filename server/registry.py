@@ -68,6 +68,7 @@ class ClaimedPin:
         self._tasks = {}                # seq -> route of a timed task not yet ended
         self.unsynced = False           # quiet writes sent since the last sync
         self._release_seq = None
+        self._release_route = None      # answered when the pin is free again
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
 
@@ -183,8 +184,13 @@ class ClaimedPin:
             if kind == 'ok':
                 result = message[2]
                 if message[1] == self._release_seq:
+                    # The soft close is done; the release is answered once the worker
+                    # has ended and the pin is free for anyone (below).
                     self.final = result
-                    result = {k: result[k] for k in ('function', 'state', 'frequency', 'pull')}
+                    with self._lock:
+                        self._release_route = self._pending.pop(message[1], None)
+                    self._progressed()
+                    continue
                 self._answered(message[1], result, None)
             elif kind == 'err':
                 self._answered(message[1], None, message[2], message[3])
@@ -216,6 +222,10 @@ class ClaimedPin:
         self.worker.kill()  # closes our end and reaps the process
         if not abandoned:
             self.registry.freed(self, died)
+        route, self._release_route = self._release_route, None
+        if route is not None:
+            final = self.final
+            route.finish({k: final[k] for k in ('function', 'state', 'frequency', 'pull')}, None)
 
 
 class NoReply:
@@ -250,16 +260,21 @@ class Registry:
                 current = self._claimed.get(gpio)
                 if current is None:
                     break
-                if current.owner is not session or current.status == 'claiming':
+                if current.status == 'claiming' or (
+                        current.owner is not session and current.status == 'claimed'):
                     raise ProtocolError(
                         'pin_in_use',
                         f'GPIO{gpio} is in use by client {current.owner.describe()}'
                         if current.owner is not session else f'GPIO{gpio} is being claimed')
                 if current.status == 'claimed':
                     return current, None
-                # Our own earlier release is still running: wait for it.
+                # Being released (soft close, by us or a client that just closed it):
+                # wait for the release rather than failing a claim that will soon work.
                 if not self._changed.wait(deadline - time.monotonic()):
-                    raise ProtocolError('pin_in_use', f'GPIO{gpio} is still being released')
+                    owner = current.owner.describe() if current.owner is not None else 'a client'
+                    raise ProtocolError(
+                        'pin_in_use', f'GPIO{gpio} is still finishing the work of {owner} '
+                                      f'(soft close) after {timeout:g} s; try again later')
             pin = ClaimedPin(self, gpio, session, _NO_WORKER)
             self._claimed[gpio] = pin
         try:
