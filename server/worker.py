@@ -181,7 +181,9 @@ class PinWorker:
                     value = int(value)
                 if self._last.get(key, ()) != value:
                     self._last[key] = value
-                    self.history.append({'t': now, key: value})
+                    # kept encoded: a status asking for 1000 entries then costs a join,
+                    # not an encoding that would hold up this pin's timing
+                    self.history.append(pack({'t': now, key: value}).decode())
                     changed = changed or key != 'frequency'
             if changed and self.report_levels and current['function'] == 'output':
                 # a --mock-wire: the input it is wired to follows (an input drives nothing)
@@ -212,8 +214,22 @@ class PinWorker:
         else:
             result['task'] = None
         result['queued'] = [job.task.describe() if job.task else job.op for job in self.queue]
-        result['history'] = list(self.history)[-history:] if history else []
+        result['history'] = [json.loads(e) for e in self._history_tail(history)]
         return result
+
+    def _history_tail(self, count):
+        if not count:
+            return []
+        items = list(self.history)
+        return items[-count:]
+
+    def send_snapshot(self, seq, count):
+        """Answer a snapshot, splicing in the history as it was stored (encoded)."""
+        result = self.snapshot(0)
+        del result['history']
+        head = pack(['ok', seq, result])            # ...}]
+        history = ','.join(self._history_tail(count)).encode()
+        self.send_raw(head[:-2] + b',"history":[' + history + b']}]')
 
     # Plain operations --------------------------------------------------------
     # Each takes the validated args dict; a result op returns its result.
@@ -386,6 +402,9 @@ class PinWorker:
             self.pin.frequency = DEFAULT_PWM_FREQUENCY
         job.started = now
         self._level = None
+        # A task's first level is set as it starts, even if it ends at once (an off()
+        # of no duration between two tasks is a real, if brief, low).
+        self._set_level(task.at(0.0)[0])
         self.running = job
 
     def _end_task(self, result, error=None, switch_off=False):
@@ -507,7 +526,7 @@ class PinWorker:
         if op == 'read':
             self.send(['ok', seq, self.read_state()])
         elif op == 'snapshot':
-            self.send(['ok', seq, self.snapshot(args.get('history', HISTORY_LENGTH))])
+            self.send_snapshot(seq, args.get('history', HISTORY_LENGTH))
         elif op == 'sync':
             self.send(['ok', seq, {}])
         elif op == 'halt':
@@ -531,7 +550,9 @@ class PinWorker:
             self.submit(Job(seq, op, args, request_id))
 
     def send(self, message):
-        data = pack(message)
+        self.send_raw(pack(message))
+
+    def send_raw(self, data):
         with self._lock:
             self.conn.send_bytes(data)
 
@@ -550,6 +571,9 @@ class PinWorker:
                     select.select([fd], [], [], timeout)
             while not self.released and conn.poll():
                 self.handle(conn.recv_bytes())
+                # a flood of messages (drives, reads, status) must not hold up a deadline
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self.advance(time.monotonic())
             self.advance(time.monotonic())
 
 

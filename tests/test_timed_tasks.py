@@ -238,3 +238,26 @@ def test_drop_in_devices_work_locally_with_the_same_timing():
     assert max(s.state for s in mock.pin(18).states) == 1.0
     led.close()
     pwm.close()
+
+
+@pytest.mark.parametrize('mode', ['wait', 'nowait'])
+def test_a_zero_length_off_between_two_tasks_is_a_real_low(server, mode):
+    """on(300 ms), off(), on(300 ms): the pin goes low between the two, in order."""
+    remote = RemoteServer('127.0.0.1', server.port, mode=mode)
+    try:
+        pin = remote.pin(24, 'g')
+        first = pin.on(time_ms=300)
+        off = pin.off()
+        last = pin.on(time_ms=300)
+        assert off.wait(5) == 'completed'
+        assert last.wait(5) == 'completed'
+        assert first.wait(5) == ('completed' if mode == 'wait' else 'superseded')
+        runs = durations(server.pin(24))
+        assert [s for _, s in runs] == [1, 0, 1], runs          # high, an instant low, high
+        assert runs[1][0] < TOLERANCE
+        if mode == 'wait':
+            assert abs(runs[0][0] - 0.300) < TOLERANCE            # the first ran to its end
+        assert abs(runs[2][0] - 0.300) < TOLERANCE
+    finally:
+        remote.close()
+        server.wait_free(24)
