@@ -118,8 +118,9 @@ class ClaimedPin:
                 # Gone, or stopped reading (the send timed out, maybe half-way through a
                 # message): either way it is of no more use. Its reader sees the end and
                 # fails what is pending.
-                if self.status not in ('gone', 'abandoned'):
-                    log.error('GPIO%d: cannot reach its worker (%s); killing it', self.gpio, exc)
+                # (A worker that has just ended after a release is no news.)
+                log.log(logging.ERROR if self.status == 'claimed' else logging.DEBUG,
+                        'GPIO%d: cannot reach its worker (%s); ending it', self.gpio, exc)
                 self.worker.terminate()
 
     def sync(self, timeout=INTERNAL_TIMEOUT):
@@ -249,6 +250,7 @@ class Registry:
         self.mock_levels = {}        # input gpio -> level last driven (mock backend only)
         self._claimed = {}
         self._released = {}          # gpio -> last snapshot of a freed pin
+        self.closing = False         # the server is stopping: no new claims
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
 
@@ -257,6 +259,8 @@ class Registry:
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
+                if self.closing:
+                    raise ProtocolError('shutting_down', 'the server is shutting down')
                 current = self._claimed.get(gpio)
                 if current is None:
                     break
@@ -304,6 +308,9 @@ class Registry:
                     del self._claimed[gpio]
                 self._changed.notify_all()
             raise
+        if self.closing:                       # the server began to stop meanwhile
+            pin.release()
+            raise ProtocolError('shutting_down', 'the server is shutting down')
         return pin, state
 
     def drive(self, gpio, level, route):
@@ -338,11 +345,17 @@ class Registry:
             pin.owner.pin_freed(pin, died)
 
     def halt_all(self):
-        """Shutdown: every pin ends its running task and drops its queue at once."""
+        """
+        Shutdown: refuse new claims; every pin ends its running task and drops
+        its queue at once, and is released (also a pin whose claim was still
+        being answered when its session was told to release what it holds).
+        """
         with self._lock:
+            self.closing = True
             pins = [p for p in self._claimed.values() if p.status in ('claimed', 'releasing')]
         for pin in pins:
             pin.forward('halt', {}, NoReply())
+            pin.release()
 
     def kill_all(self):
         """The last resort at shutdown: kill every worker still running."""

@@ -32,6 +32,8 @@ log = logging.getLogger('remoteio_server.spawner')
 START_TIMEOUT = 30.0
 #: How long a message to a worker may wait for the worker to read.
 WORKER_SEND_TIMEOUT = 5.0
+#: How long a worker told to end (SIGTERM) has to switch its pin off before it is killed.
+TERMINATE_GRACE = 2.0
 
 
 class WorkerStartError(RuntimeError):
@@ -98,21 +100,37 @@ class Worker:
                 self._kill(grace)
                 self._killed = True
 
-    def terminate(self):
+    def terminate(self, grace=TERMINATE_GRACE):
         """
-        Kill the process now, leaving the socket to its reader: the reader then
-        sees the end and cleans up (closing the socket under a thread blocked
-        reading it would break that thread instead). For a worker that stopped
-        reading, or one whose socket broke.
+        End the process, leaving the socket to its reader: the reader then sees
+        the end and cleans up (closing the socket under a thread blocked reading
+        it would break that thread instead). For a worker that stopped reading,
+        one whose socket broke, or one that must be cut short at shutdown.
+
+        SIGTERM first: a worker that can still run Python switches its pin off
+        and releases it, then exits. Only if it is still there *grace* seconds
+        later (stuck in a backend call) is it killed. Never blocks.
         """
+        self._signal(signal.SIGTERM)
+        timer = threading.Timer(grace, self._kill_if_alive)
+        timer.daemon = True
+        timer.start()
+
+    def _kill_if_alive(self):
+        if self.alive():
+            log.error('worker %d did not end within %s s of SIGTERM: killing it',
+                      self.pid, TERMINATE_GRACE)
+            self._signal(signal.SIGKILL)
+
+    def _signal(self, signum):
         with self._kill_lock:
             if self._killed:
                 return
             try:
                 if self._pidfd is not None:
-                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                    signal.pidfd_send_signal(self._pidfd, signum)
                 else:
-                    os.kill(self.pid, signal.SIGKILL)
+                    os.kill(self.pid, signum)
             except (ProcessLookupError, OSError):
                 pass
 
@@ -195,7 +213,9 @@ class Spawner:
         self.backend = backend
         self.revision = revision
         self.spares = spares
+        self._env = env
         self._zygote = Zygote(env)
+        self._zygote_lock = threading.Lock()
         self._ready = []
         self._lock = threading.Lock()
         self._wanted = threading.Condition(self._lock)
@@ -209,7 +229,7 @@ class Spawner:
         the server's process never opens a GPIO chip. Returns
         ``(backend, revision_hex, reasons)``.
         """
-        pid, conn = self._zygote.run('probe', name, self.revision)
+        pid, conn = self._run('probe', name, self.revision)
         try:
             if not conn.poll(START_TIMEOUT):
                 raise WorkerStartError(f'probing backend {name} took over {START_TIMEOUT} s')
@@ -232,8 +252,27 @@ class Spawner:
         """Start the spare workers' filler thread."""
         threading.Thread(target=self._fill, name='remoteio-spawner', daemon=True).start()
 
+    def _run(self, target, *args):
+        """Fork *target* in the zygote; a zygote that has died is replaced, once."""
+        zygote = self._zygote
+        try:
+            return zygote.run(target, *args)
+        except WorkerStartError:
+            try:
+                zygote.process.wait(1)
+            except subprocess.TimeoutExpired:
+                raise                     # it lives: the failure is not its death
+        with self._zygote_lock:
+            if self._zygote is zygote and not self._closed:
+                log.error('the zygote (pid %d) ended with status %s: starting a new one',
+                          zygote.process.pid, zygote.process.returncode)
+                zygote.close()
+                self._zygote = Zygote(self._env)
+            zygote = self._zygote
+        return zygote.run(target, *args)
+
     def _spawn(self):
-        pid, conn = self._zygote.run('worker', self.backend, self.revision)
+        pid, conn = self._run('worker', self.backend, self.revision)
         return Worker(pid, conn)
 
     def _fill(self):
@@ -259,14 +298,21 @@ class Spawner:
                 self._ready.append(spare)
 
     def take(self):
-        """Return a ready worker, not yet bound to a pin."""
-        with self._lock:
-            spare = self._ready.pop(0) if self._ready else None
-            self._wanted.notify()
-        if spare is None:
-            spare = self._spawn()
-        spare.wait_ready()
-        return spare
+        """Return a ready worker, not yet bound to a pin (never one that has died)."""
+        while True:
+            with self._lock:
+                spare = self._ready.pop(0) if self._ready else None
+                self._wanted.notify()
+            if spare is None:
+                spare = self._spawn()
+                spare.wait_ready()
+                return spare
+            # A ready spare has nothing to say until it is claimed: if its socket
+            # is readable, it has ended (EOF) or is not what it should be.
+            if spare.alive() and not spare.conn.poll(0):
+                return spare
+            log.warning('spare worker %d has ended: not handing it out', spare.pid)
+            spare.kill(grace=0)
 
     def close(self):
         with self._lock:

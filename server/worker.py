@@ -577,11 +577,31 @@ class PinWorker:
             self.advance(time.monotonic())
 
 
+class Terminated(BaseException):
+    """SIGTERM: the server wants this worker gone now (see :func:`main`)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(conn, backend, revision):
     """
     Entry point of a worker process (the spawner's target). Builds the
     backend, waits for its pin, then serves it until released.
+
+    SIGTERM (the server cutting the worker short: shutdown, or a worker that
+    stopped reading) ends it at once, but not before its pin is switched off
+    and returned to an input, as when the server goes away.
     """
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _main(conn, backend, revision)
+    except Terminated:
+        pass
+
+
+def _main(conn, backend, revision):
     # Everything inherited from the forkserver (gpiozero, the interpreter's own
     # objects) stays shared with it: keep the garbage collector from walking it,
     # which would copy every page it touches into this process.
@@ -623,14 +643,17 @@ def main(conn, backend, revision):
     worker.send(['ok', seq, worker.read_state()])
     try:
         worker.run()
-    except (EOFError, OSError):
-        # The server went away: leave the pin safe, with no one to report to.
+    except (EOFError, OSError, Terminated):
+        # The server went away, or cut us short: leave the pin safe, with no one
+        # to report to (a second SIGTERM must not interrupt that).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if not worker.released:
-            worker.send = lambda message: None
+            worker.send = worker.send_raw = lambda message: None
             worker.running = None
             worker.queue.clear()
             worker.run_release({})
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         factory.close()
 
 
