@@ -205,3 +205,43 @@ def test_claims_and_releases_racing_status_and_drives_never_wedge_a_pin(fresh_se
             client.close()
     assert not errors, errors[:3]
     assert not [line for line in server.stderr_lines if 'ERROR' in line], server.stderr_lines[:5]
+
+
+def test_status_floods_do_not_disturb_a_bystanders_timing(server):
+    """Eight clients asking for 1000-entry histories over and over while a pin blinks."""
+    remote = RemoteServer('127.0.0.1', server.port)
+    stop = threading.Event()
+    polls = []
+
+    def poll():
+        while not stop.is_set():
+            server.status(history=1000)
+            polls.append(1)
+
+    pollers = [threading.Thread(target=poll) for _ in range(8)]
+    try:
+        pin = remote.pin(20, 'g')
+        pin.blink(arg1=0.01, arg2=0.01, n=500).wait(30)   # 1000 transitions of history first
+        for poller in pollers:
+            poller.start()
+        wait_for(lambda: len(polls) >= 8, message='the status floods to start')
+        assert pin.on(time_ms=100).wait(10) == 'completed'
+        assert pin.blink(arg1=0.02, arg2=0.02, n=10).wait(10) == 'completed'
+    finally:
+        stop.set()
+        for poller in pollers:
+            poller.join(30)
+    history = server.pin(20, history=1000)['history']
+    changes = [(e['t'], e['state']) for e in history if 'state' in e]
+    # the last 21 changes: the impulse's rise, then ten 20 ms blinks (rise and fall each)
+    tail = changes[-22:]
+    rise, fall = tail[0][0], tail[1][0]
+    assert tail[0][1] == 1 and tail[1][1] == 0
+    assert abs(fall - rise - 0.100) < TOLERANCE, fall - rise
+    rises = [t for t, state in tail[2:] if state == 1]
+    assert len(rises) == 10
+    for k, t in enumerate(rises):
+        assert abs(t - rises[0] - k * 0.040) < TOLERANCE, (k, t - rises[0])
+    assert len(polls) >= 8
+    remote.close()
+    server.wait_free(20)
