@@ -13,8 +13,8 @@ Flow: gpiozero device → :mod:`.factory` / :mod:`.pin` → :mod:`.connection`
 
 from remoteio_factory._version import __version__
 from remoteio_factory.exc import (
-    RemoteIOAuthError, RemoteIOConnectionError, RemoteIOError, RemoteIOFactoryClosed,
-    RemoteIOPinError, RemoteIOProtocolError)
+    RemoteIOAuthError, RemoteIOConfigError, RemoteIOConnectionError, RemoteIOError,
+    RemoteIOFactoryClosed, RemoteIOPinError, RemoteIOProtocolError)
 from remoteio_factory.devices import LED, PWMLED
 from remoteio_factory.factory import RemoteIOFactory
 from remoteio_factory.pin import RemoteIOPin
@@ -25,5 +25,5 @@ __all__ = [
     'RemoteIOFactory', 'RemoteIOPin', 'server_status',
     'RemoteServer', 'RemotePin', 'LED', 'PWMLED',
     'RemoteIOError', 'RemoteIOConnectionError', 'RemoteIOAuthError', 'RemoteIOProtocolError',
-    'RemoteIOPinError', 'RemoteIOFactoryClosed', '__version__',
+    'RemoteIOPinError', 'RemoteIOFactoryClosed', 'RemoteIOConfigError', '__version__',
 ]

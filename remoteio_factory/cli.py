@@ -15,11 +15,10 @@ running the mock backend (a simulated button press, for tests and demos).
 
 import argparse
 import json
-import os
 import sys
 
-from remoteio_factory import protocol
-from remoteio_factory.exc import RemoteIOConnectionError, RemoteIOError
+from remoteio_factory import protocol, settings
+from remoteio_factory.exc import RemoteIOConfigError, RemoteIOConnectionError, RemoteIOError
 from remoteio_factory.status import server_status
 
 
@@ -99,12 +98,20 @@ def cmd_watch(args):
     watch(args.host, args.port, interval=args.interval, once=args.once, tls=tls_context())
 
 
+def _port(text):
+    try:
+        return settings.port_number(text, '--port')
+    except RemoteIOConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _server_options(command):
-    command.add_argument('--host', default=os.environ.get('REMOTEIO_HOST', 'localhost'),
-                         help='server host (default: $REMOTEIO_HOST or %(default)s)')
-    command.add_argument('--port', type=int,
-                         default=int(os.environ.get('REMOTEIO_PORT', protocol.DEFAULT_PORT)),
-                         help='server port (default: $REMOTEIO_PORT or %(default)s)')
+    # None: the environment's (REMOTEIO_HOST, REMOTEIO_PORT) when the command runs, so a
+    # bad value is reported by its name (see main)
+    command.add_argument('--host', default=None,
+                         help='server host (default: $REMOTEIO_HOST or localhost)')
+    command.add_argument('--port', type=_port, default=None,
+                         help=f'server port (default: $REMOTEIO_PORT or {protocol.DEFAULT_PORT})')
 
 
 def parser():
@@ -151,6 +158,9 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
+        if hasattr(args, 'port'):
+            args.host = args.host or settings.env_host()
+            args.port = args.port or settings.env_port()
         args.run(args)
     except RemoteIOConnectionError as exc:
         print(f'remoteio: {exc}', file=sys.stderr)

@@ -59,11 +59,13 @@ if hasattr(os, 'register_at_fork'):
 
 
 class _Waiter:
-    __slots__ = ('event', 'reply')
+    __slots__ = ('event', 'reply', 'id', 'op')
 
-    def __init__(self):
+    def __init__(self, id, op):
         self.event = threading.Event()
         self.reply = None
+        self.id = id
+        self.op = op
 
 
 class TaskHandle:
@@ -125,6 +127,8 @@ class Connection:
         self._forked = False
         self._broken = None
         self._server_reason = None        # why the server said it is closing
+        self._first_bytes = None          # what a server sent that was not protocol
+        self._understood = False          # a message from the server was valid
         self._stop_heartbeat = threading.Event()
         self._idle_timeouts = False       # see the send timeout below
         try:
@@ -169,12 +173,10 @@ class Connection:
         try:
             try:
                 self.hello = self.request('hello', timeout=connect_timeout, **hello)
-            except RemoteIOConnectionError as exc:
-                if tls is not None or self._server_reason:
-                    raise
-                raise RemoteIOConnectionError(
-                    f'{exc} (no answer to hello: if the server uses TLS, set REMOTEIO_TLS_CA '
-                    f'to the certificate that signed its own)') from None
+            except RemoteIOConnectionError:
+                if self._server_reason:
+                    raise           # a remoteio server that refused us, and said why
+                raise RemoteIOConnectionError(self._no_hello(connect_timeout, tls)) from None
             if self.hello.get('auth'):
                 self._authenticate(token, connect_timeout)
             elif token or os.environ.get('REMOTEIO_TOKEN'):
@@ -193,6 +195,31 @@ class Connection:
         if lease > 0:
             threading.Thread(target=self._heartbeat, args=(lease,), daemon=True,
                              name=f'remoteio-heartbeat-{host}:{port}').start()
+
+    def _no_hello(self, timeout, tls):
+        """Why the server did not answer hello, as far as we can tell, and what to do."""
+        where = f'{self.host}:{self.port}'
+        check = ('check REMOTEIO_HOST and REMOTEIO_PORT (remoteio-server listens on port '
+                 f'{protocol.DEFAULT_PORT} unless told otherwise)')
+        first = self._first_bytes
+        if first:
+            text = first.decode('utf-8', 'replace').strip()
+            web = first.startswith(b'HTTP/') or first.lstrip()[:15].lower().startswith(
+                (b'<!doctype html', b'<html'))
+            kind = ' (an HTTP server)' if web else ''
+            return (f'the server at {where} is not a remoteio server{kind}: it answered '
+                    f'{text[:60]!r} instead of a remoteio hello; {check}')
+        if self._broken is None:
+            return (f'the server at {where} did not answer hello within {timeout:g} s: it '
+                    f'accepted the connection but said nothing, so it is not a remoteio '
+                    f'server (or it is stuck); {check}')
+        if tls is not None:
+            return (f'the server at {where} closed the connection without answering hello '
+                    f'({self._broken}): is it a remoteio server with TLS? {check}')
+        return (f'the server at {where} closed the connection without answering hello '
+                f'({self._broken}). A remoteio server started with --tls-cert does that to '
+                f'a client without TLS: then set REMOTEIO_TLS_CA to the certificate that '
+                f'signed its own. Otherwise it is not a remoteio server: {check}')
 
     def _authenticate(self, token, timeout):
         """Answer the server's challenge, and make it answer ours."""
@@ -303,21 +330,38 @@ class Connection:
 
     def request(self, op, timeout=None, _id=None, **fields):
         """Send a request and return its reply; raise the error it carries."""
+        return self.wait(self.send(op, _id=_id, **fields), timeout)
+
+    def send(self, op, _id=None, **fields):
+        """
+        Send a request without waiting for its reply; :meth:`wait` waits for it.
+        Several requests can so be in flight at once (e.g. the releases of every
+        pin when a factory closes).
+        """
         if self._closing and op != 'bye':
             raise RemoteIOFactoryClosed('the remoteio factory has been closed')
         id = next(self._ids) if _id is None else _id
         fields.update(id=id, op=op)
-        waiter = _Waiter()
+        waiter = _Waiter(id, op)
         self._waiters[id] = waiter
         try:
             self._send(fields)
-            if not waiter.event.wait(self.timeout if timeout is None else timeout):
+        except BaseException:
+            self._waiters.pop(id, None)
+            raise
+        return waiter
+
+    def wait(self, waiter, timeout=None):
+        """Wait (at most *timeout*, default: the request timeout) for the reply to a :meth:`send`."""
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            if not waiter.event.wait(max(timeout, 0)):
                 self._check()
                 raise RemoteIOConnectionError(
                     f'the remoteio server at {self.host}:{self.port} did not answer '
-                    f'{op!r} within {self.timeout if timeout is None else timeout} s')
+                    f'{waiter.op!r} within {timeout:g} s')
         finally:
-            self._waiters.pop(id, None)
+            self._waiters.pop(waiter.id, None)
         reply = waiter.reply
         if reply is None:
             self._check()
@@ -348,8 +392,12 @@ class Connection:
                     break
                 if not data:
                     break
+                if not self._understood and self._first_bytes is None:
+                    self._first_bytes = data[:80]
                 for line in reader.feed(data):
                     self._dispatch(protocol.decode(line))
+                    self._understood = True
+                    self._first_bytes = None
                 if reader.error is not None:
                     raise reader.error
         except protocol.ProtocolError as exc:

@@ -38,6 +38,10 @@ class RemoteIOPinError(RemoteIOError):
     """The server could not carry out an operation on a pin (e.g. its worker died)."""
 
 
+class RemoteIOConfigError(RemoteIOError, ValueError):
+    """A setting of the client (an environment variable or an argument) has a bad value."""
+
+
 class RemoteIOFactoryClosed(DeviceClosed):
     """The :class:`~remoteio_factory.RemoteIOFactory` was closed; its pins cannot be read."""
 

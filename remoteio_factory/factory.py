@@ -23,7 +23,7 @@ from gpiozero.pins.pi import PiFactory
 from gpiozero.pins.spi import SPISoftware
 from time import monotonic, sleep
 
-from remoteio_factory import protocol
+from remoteio_factory import protocol, settings
 from remoteio_factory.connection import (
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Connection, clock)
 from remoteio_factory.events import EventDispatcher
@@ -49,9 +49,10 @@ def tls_context(tls=None, tls_ca=None):
     return client_context(cafile=tls_ca) if tls else None
 
 
-def _env_float(name, default):
-    value = os.environ.get(name)
-    return float(value) if value else default
+def _seconds(value, argument, variable, default):
+    if value is None:
+        return settings.env_seconds(variable, default)
+    return settings.seconds(value, argument)
 
 
 class RemoteIOFactory(PiFactory):
@@ -116,11 +117,9 @@ class RemoteIOFactory(PiFactory):
                  token=None, tls=None, tls_ca=None, reconnect=None):
         super().__init__()
         if host is None:
-            host = os.environ.get('REMOTEIO_HOST', 'localhost')
-        if port is None:
-            port = os.environ.get('REMOTEIO_PORT', protocol.DEFAULT_PORT)
+            host = settings.env_host()
         self._host = host
-        self._port = int(port)
+        self._port = settings.env_port() if port is None else settings.port_number(port)
         self.pin_class = RemoteIOPin
         if reconnect is None:
             reconnect = os.environ.get('REMOTEIO_RECONNECT', '') in ('1', 'yes', 'true')
@@ -128,9 +127,9 @@ class RemoteIOFactory(PiFactory):
         self._online = threading.Event()
         self._online.set()
         self._connection_args = dict(
-            connect_timeout=connect_timeout or _env_float('REMOTEIO_CONNECT_TIMEOUT',
-                                                          DEFAULT_CONNECT_TIMEOUT),
-            timeout=timeout or _env_float('REMOTEIO_TIMEOUT', DEFAULT_TIMEOUT),
+            connect_timeout=_seconds(connect_timeout, 'connect_timeout', 'REMOTEIO_CONNECT_TIMEOUT',
+                                     DEFAULT_CONNECT_TIMEOUT),
+            timeout=_seconds(timeout, 'timeout', 'REMOTEIO_TIMEOUT', DEFAULT_TIMEOUT),
             on_error=self._pin_failed, on_push=self._pushed, on_lost=self._connection_lost,
             mode=mode or os.environ.get('REMOTEIO_MODE') or None, token=token,
             tls=tls_context(tls, tls_ca))
@@ -174,14 +173,50 @@ class RemoteIOFactory(PiFactory):
         return dict(self._server_info)
 
     def close(self):
-        """Release every pin on the server and close the connection. Never hangs."""
+        """
+        Release every pin on the server, wait until the server has freed them
+        all (one wait, at most the request timeout, for all of them), and close
+        the connection. Never raises, never hangs.
+        """
         if self._connection.closed:
             return
         self._reconnect = False
-        super().close()
+        pending = []
+        for pin in list(self.pins.values()):
+            release = pin._start_close()       # every release is sent before any wait
+            if release is not None:
+                pending.append(release)
+        self.pins.clear()
+        self._await_releases(pending)
         self._finalizer()
         self._events.close()
         self._online.set()       # nobody waits for a reconnection any more
+
+    def _await_releases(self, pending):
+        """
+        Wait for the replies to releases sent by :meth:`RemoteIOPin._start_release`:
+        the server answers a release once the pin is free for anyone. One wait
+        for all, at most the request timeout; then warn and return. Never raises.
+        """
+        timeout = self._connection.timeout
+        deadline = monotonic() + timeout
+        late = []
+        for pin, connection, waiter in pending:
+            try:
+                connection.wait(waiter, deadline - monotonic())
+            except RemoteIOConnectionError:
+                if connection.broken is None and not connection.closed:
+                    late.append(pin)        # no answer in time: still in its soft close
+                # else the connection is gone, and with it our claim: the pin is released
+            except Exception as exc:       # e.g. it was lost (its worker died) meanwhile
+                log.debug('releasing %r: %s', pin, exc)
+        if late:
+            log.warning(
+                'the remoteio server at %s:%s has not released %s within %g s: %s still '
+                'carrying out what was sent before the close (soft close); not waiting any '
+                'longer (the pin is free once that is done)', self._host, self._port,
+                ', '.join(repr(pin) for pin in late), timeout,
+                'it is' if len(late) == 1 else 'they are')
 
     # Reconnecting ----------------------------------------------------------------
 

@@ -86,22 +86,47 @@ class RemoteIOPin(PiPin):
             self._error = None
             self._claimed = True
 
-    def _release(self):
-        """Release the pin on the server (fire and forget: never waits, never raises)."""
+    def _start_release(self):
+        """
+        Send the release of the pin, if it is claimed here; return what
+        :meth:`RemoteIOFactory._await_releases` waits for, or None. Never raises.
+        """
         with self._claim_lock:
             if not self._claimed:
-                return
+                return None
             self._claimed = False
-        try:
-            self.factory._connection.post('release', pin=self._gpio)
-        except Exception:
-            pass  # a lost or closed connection has released the pin already
+            connection = self.factory._connection
+            if connection.closed or connection.broken is not None:
+                return None     # a lost or closed connection has released the pin already
+            try:
+                return self, connection, connection.send('release', pin=self._gpio)
+            except Exception:
+                return None
 
-    def close(self):
+    def _release(self):
+        """
+        Release the pin on the server and wait until the server has freed it
+        (its soft close done: free for any client), at most the request timeout;
+        then warn and return. Never raises.
+        """
+        pending = self._start_release()
+        if pending is not None:
+            self.factory._await_releases([pending])
+
+    def _start_close(self):
         # As gpiozero's own pins do: the handler goes with the pin, so a device
         # made on it later subscribes afresh (and gets its events).
-        self.when_changed = None
-        self._release()
+        try:
+            self.when_changed = None
+        except Exception:
+            pass
+        return self._start_release()
+
+    def close(self):
+        """Release the pin; returns once the server has freed it (see :meth:`_release`)."""
+        pending = self._start_close()
+        if pending is not None:
+            self.factory._await_releases([pending])
 
     # Talking to the server -------------------------------------------------
 

@@ -5,9 +5,7 @@ Flow: **status** → connection → wire → server (``status`` request) → the
 registry's snapshot of every pin worker.
 """
 
-import os
-
-from remoteio_factory import protocol
+from remoteio_factory import settings
 from remoteio_factory.connection import DEFAULT_CONNECT_TIMEOUT, Connection
 
 
@@ -19,11 +17,10 @@ def server_status(host=None, port=None, history=20, timeout=DEFAULT_CONNECT_TIME
     format is documented in ``docs/protocol.md`` (``status``).
     """
     if host is None:
-        host = os.environ.get('REMOTEIO_HOST', 'localhost')
-    if port is None:
-        port = int(os.environ.get('REMOTEIO_PORT', protocol.DEFAULT_PORT))
+        host = settings.env_host()
+    port = settings.env_port() if port is None else settings.port_number(port)
     from remoteio_factory.factory import tls_context
-    connection = Connection(host, int(port), connect_timeout=timeout, timeout=10.0, token=token,
+    connection = Connection(host, port, connect_timeout=timeout, timeout=10.0, token=token,
                             tls=tls_context())
     try:
         reply = connection.request('status', history=history)
