@@ -314,6 +314,14 @@ class RemoteIOFactory(PiFactory):
             if pin is not None:
                 pin._release()
 
+    def pin(self, name):
+        # A pin asked for again (by a new device, or by code that opens pins with
+        # factory.pin() itself) is usable again, even if it was closed: gpiozero
+        # reuses the factory's pin objects.
+        pin = super().pin(name)
+        pin._reopen()
+        return pin
+
     def _pin(self, gpio):
         for pin in list(self.pins.values()):
             if pin._gpio == gpio:

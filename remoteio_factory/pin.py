@@ -23,7 +23,7 @@ import math
 import threading
 
 from gpiozero.exc import (
-    PinEdgeDetectUnsupported, PinFixedPull, PinInvalidBounce, PinInvalidEdges,
+    GPIODeviceClosed, PinEdgeDetectUnsupported, PinFixedPull, PinInvalidBounce, PinInvalidEdges,
     PinInvalidFunction, PinInvalidPull, PinInvalidState, PinPWMFixedValue,
     PinPWMUnsupported, PinSetInput)
 from gpiozero.pins.pi import PiPin
@@ -67,6 +67,7 @@ class RemoteIOPin(PiPin):
         self._last_state = 0          # the last state written, restored after a reconnect
         self._last_event_state = None  # the level of the last edge event delivered
         self._error = None
+        self._open = True             # False once closed: then using it raises (see _check_open)
 
     # Claiming --------------------------------------------------------------
 
@@ -85,6 +86,7 @@ class RemoteIOPin(PiPin):
             self._edges = 'both'
             self._error = None
             self._claimed = True
+            self._open = True
 
     def _start_release(self):
         """
@@ -120,7 +122,29 @@ class RemoteIOPin(PiPin):
             self.when_changed = None
         except Exception:
             pass
+        self._open = False
         return self._start_release()
+
+    def _reopen(self):
+        """Asked for again (``factory.pin()``, a new device): usable again, claimed on first use."""
+        self._open = True
+
+    def _check_open(self):
+        """
+        Raise if the pin was closed (its device closed it): a late write from
+        another thread (a blink or source thread, or code that kept ``led.pin``)
+        must not claim it again behind the program's back and hold it until exit.
+        """
+        if not self._open:
+            # gpiozero 2.0 has no PinClosed. GPIODeviceClosed (a DeviceClosed) is what
+            # gpiozero raises when a closed device is used, so code written against
+            # gpiozero already catches it, and it says the right thing: what the pin
+            # belonged to was closed. (RemoteIOFactoryClosed, also a DeviceClosed,
+            # stays for a pin of a closed factory.)
+            raise GPIODeviceClosed(
+                f'{self!r} is closed (its device was closed and the remoteio server has '
+                f'released it): make a new device on it, or get it again with '
+                f'factory.pin({self.info.name!r}), to use it again')
 
     def close(self):
         """Release the pin; returns once the server has freed it (see :meth:`_release`)."""
@@ -197,6 +221,18 @@ class RemoteIOPin(PiPin):
     def _closed(self):
         return self.factory._connection.closed
 
+    def _usable(self):
+        """
+        Before an operation that changes the pin: False if the factory is closed
+        (the operation is dropped quietly, as writes at exit are); raises if the
+        pin was closed; claims it on first use.
+        """
+        if self._closed:
+            return False
+        self._check_open()
+        self._claim()
+        return True
+
     # gpiozero's Pin contract -----------------------------------------------
 
     def _get_function(self):
@@ -205,16 +241,14 @@ class RemoteIOPin(PiPin):
     def _set_function(self, value):
         if value not in FUNCTIONS:
             raise PinInvalidFunction(f'invalid function "{value}" for pin {self!r}')
-        if self._closed:
+        if not self._usable():
             return
-        self._claim()
         self._apply(self._request('setup', function=value))
 
     def output_with_state(self, state):
         state = _check_state(state)
-        if self._closed:
+        if not self._usable():
             return
-        self._claim()
         self._apply(self._request('setup', function='output', state=state))
         self._last_state = state
 
@@ -223,9 +257,8 @@ class RemoteIOPin(PiPin):
             raise PinInvalidPull(f'invalid pull "{pull}" for pin {self!r}')
         if self.info.pull and pull != self.info.pull:
             raise PinFixedPull(f'{self!r} has a fixed pull resistor')
-        if self._closed:
+        if not self._usable():
             return
-        self._claim()
         self._apply(self._request('setup', function='input', pull=pull))
 
     def _apply(self, reply):
@@ -237,19 +270,21 @@ class RemoteIOPin(PiPin):
     def _get_state(self):
         if self._closed:
             raise RemoteIOFactoryClosed(f'cannot read {self!r}: the remoteio factory is closed')
+        self._check_open()
         self._claim()
         return self._request('read')['state']
 
     def _set_state(self, value):
         value = _check_state(value)
+        if not self._closed:
+            self._check_open()
         if self._function != 'output':
             raise PinSetInput(f'cannot set state of pin {self!r}')
         if self._frequency is None and value not in (0, 1):
             value = int(bool(value))
         self._last_state = value
-        if self._closed:
+        if not self._usable():
             return
-        self._claim()
         self._post('write', state=value)
 
     def _get_frequency(self):
@@ -274,6 +309,7 @@ class RemoteIOPin(PiPin):
         if value is None and not self._claimed:
             self._frequency = None
             return
+        self._check_open()
         self._claim()
         self._apply(self._request('frequency', frequency=value))
 
@@ -287,9 +323,8 @@ class RemoteIOPin(PiPin):
             raise PinInvalidPull(f'invalid pull "{value}" for pin {self!r}')
         if self.info.pull and value != self.info.pull:
             raise PinFixedPull(f'{self!r} has a fixed pull resistor')
-        if self._closed:
+        if not self._usable():
             return
-        self._claim()
         self._apply(self._request('pull', pull=value))
 
     # Timed tasks (the server runs the timing) ------------------------------
@@ -306,6 +341,7 @@ class RemoteIOPin(PiPin):
         """
         if self._closed:
             raise RemoteIOFactoryClosed(f'cannot run {kind} on {self!r}: the factory is closed')
+        self._check_open()
         self._claim()
         self._raise_failure()
         fields = {name: value for name, value in fields.items() if value is not None}
@@ -333,9 +369,8 @@ class RemoteIOPin(PiPin):
                 raise PinInvalidBounce(f'bounce must be None or a number, not {value!r}') from None
             if not 0 <= value <= MAX_BOUNCE:
                 raise PinInvalidBounce(f'bounce must be from 0 to {MAX_BOUNCE:g} s, not {value!r}')
-        if self._closed:
+        if not self._usable():
             return
-        self._claim()
         self._request('edges', edges=self._edges, bounce=value)
         self._bounce = value
 
@@ -345,9 +380,8 @@ class RemoteIOPin(PiPin):
     def _set_edges(self, value):
         if value not in EDGES:
             raise PinInvalidEdges(f'edges must be one of {", ".join(EDGES)}, not {value!r}')
-        if self._closed:
+        if not self._usable():
             return
-        self._claim()
         self._request('edges', edges=value, bounce=self._bounce)
         self._edges = value
 
@@ -355,9 +389,8 @@ class RemoteIOPin(PiPin):
         if not self.factory._capabilities.get('edges'):
             raise PinEdgeDetectUnsupported(
                 f'the remoteio server\'s {self.factory.backend} backend has no edge detection')
-        if self._closed:
+        if not self._usable():
             return
-        self._claim()
         self._request('subscribe', events=True)
 
     def _disable_event_detect(self):

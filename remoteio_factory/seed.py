@@ -22,6 +22,8 @@ it. Tasks for one pin run one after another (``wait`` mode) or each replaces
 the one before (``nowait``), as the server's mode says.
 """
 
+from gpiozero.exc import GPIODeviceClosed
+
 from remoteio_factory.factory import RemoteIOFactory
 
 NUMBERINGS = {'b': 'BOARD', 'g': 'GPIO'}
@@ -30,9 +32,12 @@ NUMBERINGS = {'b': 'BOARD', 'g': 'GPIO'}
 class RemotePin:
     """One output pin of a :class:`RemoteServer`; see the module docstring."""
 
-    def __init__(self, server, pin):
+    def __init__(self, server, pin, number=None, numbering='b'):
         self.server = server
         self._pin = pin
+        self._number = pin.info.name if number is None else number
+        self._numbering = numbering
+        self._closed_by = None          # 'pin' or 'server' once closed
         self.last_task = None
 
     @property
@@ -43,7 +48,23 @@ class RemotePin:
     def __repr__(self):
         return f'<RemotePin {self._pin.info.name} of {self.server.factory.host}>'
 
+    def _check_open(self, kind):
+        # The seed's rule: tasks for a closed pin are ignored, and the client is told.
+        # Claiming the pin again behind the program's back would hold it until exit.
+        # GPIODeviceClosed (a gpiozero DeviceClosed), as for a closed gpiozero device.
+        if self._closed_by == 'pin':
+            raise GPIODeviceClosed(
+                f'{self!r} was closed, so {kind}() is ignored: a closed pin takes no more '
+                f'tasks. To use it again, claim it again with remote_server.pin('
+                f'{self._number!r}, {self._numbering!r})')
+        if self._closed_by == 'server':
+            raise GPIODeviceClosed(
+                f'{self!r} belongs to a RemoteServer that was closed, so {kind}() is '
+                f'ignored. Connect again (RemoteServer(...)) and claim the pin with '
+                f'.pin({self._number!r}, {self._numbering!r})')
+
     def _run(self, kind, time_ms, **fields):
+        self._check_open(kind)
         if time_ms is not None and time_ms < 0:
             raise ValueError(f'time_ms must not be negative, not {time_ms}')
         handle = self._pin.run_task(kind, time_ms=time_ms or None, **fields)
@@ -80,7 +101,13 @@ class RemotePin:
         return self._run('pulse', time_ms, fade_in_ms=arg1 * 1000, fade_out_ms=arg2 * 1000, n=n)
 
     def close(self):
-        """Soft close: the server carries out what was sent, then releases the pin."""
+        """
+        Soft close: the server carries out what was sent, then releases the pin;
+        returns once it has (waiting at most the factory's timeout). Tasks for
+        the pin are refused from then on; ``remote_server.pin(...)`` claims it again.
+        """
+        if self._closed_by is None:
+            self._closed_by = 'pin'
         self.server._forget(self)
         self.server.factory.release_pins(self, self._pin.info.name)
         self._pin.close()
@@ -118,17 +145,24 @@ class RemoteServer:
         if pin.info in self._pins:
             raise ValueError(f'{name} is {pin.info.name}, already defined as '
                              f'{self._pins[pin.info]!r}')
-        remote = RemotePin(self, pin)
+        remote = RemotePin(self, pin, number, numbering)
         self.factory.reserve_pins(remote, name)
         pin.output_with_state(0)          # an output, low, as gpiozero's OutputDevice starts
         self._pins[pin.info] = remote
         return remote
 
     def _forget(self, remote):
-        self._pins.pop(remote._pin.info, None)
+        if self._pins.get(remote._pin.info) is remote:
+            del self._pins[remote._pin.info]
 
     def close(self):
-        """Soft-close every pin (the server finishes what it was sent) and disconnect."""
+        """
+        Soft-close every pin (the server finishes what it was sent), wait until
+        the server has released them (at most the timeout, once for all), and
+        disconnect.
+        """
+        for remote in list(self._pins.values()):
+            remote._closed_by = 'server'
         self._pins.clear()
         self.factory.close()
 

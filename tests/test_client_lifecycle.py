@@ -110,6 +110,110 @@ def test_a_device_close_is_bounded_and_never_raises(server, caplog):
     server.wait_free(20)
 
 
+# 2. a pin is not used again after its device closed ---------------------------------------
+
+def test_a_pin_used_after_its_device_closed_raises_and_stays_free(server, factory):
+    led = LED(24, pin_factory=factory)
+    pin = led.pin
+    led.on()
+    led.close()
+    with pytest.raises(GPIODeviceClosed, match='closed'):
+        pin.state = 1
+    with pytest.raises(GPIODeviceClosed):
+        pin.state
+    with pytest.raises(GPIODeviceClosed):
+        pin.function = 'output'
+    with pytest.raises(DeviceClosed):
+        pin.frequency = 100
+    assert free_now(server, 24) == {24: ('free', False)}     # not claimed again
+    # A device made on the pin again works as before (gpiozero reuses the pin object).
+    again = LED(24, pin_factory=factory)
+    assert again.pin is pin
+    again.on()
+    assert again.value == 1 and server.pin(24)['state'] is True
+    again.close()
+
+
+def test_a_late_write_from_another_thread_raises(server, factory):
+    led = LED(25, pin_factory=factory)
+    pin = led.pin
+    closed, result = threading.Event(), []
+
+    def late_writer():            # e.g. a blink or source thread that still holds the pin
+        closed.wait(10)
+        try:
+            pin.state = 1
+            result.append('written')
+        except DeviceClosed as exc:
+            result.append(exc)
+    writer = threading.Thread(target=late_writer)
+    writer.start()
+    led.close()
+    closed.set()
+    writer.join(10)
+    assert isinstance(result[0], GPIODeviceClosed), result
+    assert free_now(server, 25) == {25: ('free', False)}
+
+
+def test_a_pin_opened_without_a_device_is_claimed_on_first_use(server, factory):
+    for _ in range(2):
+        pin = factory.pin(26)        # no device, no reservation
+        pin.function = 'output'
+        pin.state = 1
+        assert pin.state == 1 and server.pin(26)['state'] is True
+        pin.close()
+        assert free_now(server, 26) == {26: ('free', False)}
+
+
+# 3. the seed API: tasks for a closed pin are refused ----------------------------------------
+
+def test_seed_pin_closed_refuses_tasks_and_says_how_to_get_it_again(server):
+    remote = RemoteServer(server.host, server.port)
+    try:
+        valve = remote.pin(7, 'b')               # GPIO4
+        valve.on(time_ms=50)
+        valve.close()
+        with pytest.raises(DeviceClosed) as info:
+            valve.on()
+        message = str(info.value)
+        assert 'closed' in message and ".pin(7, 'b')" in message, message
+        with pytest.raises(DeviceClosed):
+            valve.blink(time_ms=100)
+        assert free_now(server, 4) == {4: ('free', False)}   # the pin was not claimed again
+        again = remote.pin(7, 'b')
+        assert again.on(time_ms=20).wait(5) == 'completed'
+    finally:
+        remote.close()
+    server.wait_free(4)
+
+
+# 4. a device made again on a pin gets its events ---------------------------------------------
+
+@pytest.fixture(scope='module')
+def wired():
+    proc = ServerProcess('--mock-wire', '17:27')
+    yield proc
+    proc.stop()
+
+
+def test_a_button_made_again_on_a_pin_gets_its_presses(wired):
+    factory = wired.factory()
+    try:
+        led = LED(17, pin_factory=factory)                 # wired to GPIO27
+        for round in range(3):
+            button = Button(27, pull_up=False, pin_factory=factory)
+            pressed = threading.Event()
+            button.when_pressed = pressed.set
+            led.on()
+            assert pressed.wait(5), f'no press in round {round}'
+            led.off()
+            assert button.wait_for_release(5)
+            button.close()
+        led.close()
+    finally:
+        factory.close()
+
+
 # 7. configuration errors ---------------------------------------------------------------------
 
 def test_a_port_that_is_not_a_number_is_named(server):
