@@ -12,11 +12,13 @@ it on the server, so two clients cannot drive one pin; releasing the last
 reservation releases it there.
 """
 
+import atexit
 import logging
 import os
 import threading
 import weakref
 
+import gpiozero.threads
 from gpiozero.exc import GPIOPinInUse
 from gpiozero.mixins import SharedMixin
 from gpiozero.pins.pi import PiFactory
@@ -33,6 +35,9 @@ from remoteio_factory.transport import client_context
 
 
 log = logging.getLogger('remoteio_factory')
+
+#: How long the exit hook waits for gpiozero's background threads to stop.
+EXIT_THREADS_TIMEOUT = 2.0
 
 
 def tls_context(tls=None, tls_ca=None):
@@ -121,6 +126,7 @@ class RemoteIOFactory(PiFactory):
         self._host = host
         self._port = settings.env_port() if port is None else settings.port_number(port)
         self.pin_class = RemoteIOPin
+        self._closing = False
         if reconnect is None:
             reconnect = os.environ.get('REMOTEIO_RECONNECT', '') in ('1', 'yes', 'true')
         self._reconnect = reconnect
@@ -141,8 +147,11 @@ class RemoteIOFactory(PiFactory):
         self._revision = int(hello['revision'], 16)
         self._capabilities = dict(hello.get('capabilities') or {})
         self._server_info = hello
-        # gpiozero does not close factories passed as pin_factory=: close at exit.
+        # gpiozero does not close factories passed as pin_factory=: _close_at_exit does,
+        # and a factory dropped without close() closes its connection when collected.
         self._finalizer = weakref.finalize(self, self._connection.close)
+        self._finalizer.atexit = False
+        _open_factories.add(self)
 
     def __repr__(self):
         return f'<RemoteIOFactory {self._host}:{self._port} backend={self.backend}>'
@@ -178,8 +187,9 @@ class RemoteIOFactory(PiFactory):
         all (one wait, at most the request timeout, for all of them), and close
         the connection. Never raises, never hangs.
         """
-        if self._connection.closed:
+        if self._closing or self._connection.closed:
             return
+        self._closing = True     # from now on its pins drop writes and refuse reads
         self._reconnect = False
         pending = []
         for pin in list(self.pins.values()):
@@ -348,6 +358,47 @@ class RemoteIOFactory(PiFactory):
             pin = self._pin(message.get('pin'))
             if pin is not None:
                 pin._lost(exception_for(message.get('error') or {}))
+
+
+_open_factories = weakref.WeakSet()
+
+
+def _stop_gpiozero_threads(timeout):
+    """
+    Stop gpiozero's background threads (blink, pulse, source, GPIOQueue, hold)
+    and wait for them, at most *timeout* seconds in all: what gpiozero's own
+    exit hook does before it closes its factory.
+    """
+    threads = list(getattr(gpiozero.threads, '_THREADS', ()))
+    for thread in threads:
+        thread.stopping.set()
+    deadline = monotonic() + timeout
+    for thread in threads:
+        if thread is not threading.current_thread():
+            # Thread.join, not GPIOThread.join: that one raises if the thread lives on.
+            threading.Thread.join(thread, max(0.0, deadline - monotonic()))
+
+
+@atexit.register
+def _close_at_exit():
+    """
+    At interpreter exit, close every factory still open (releasing its pins on
+    the server, one wait for all). This hook is registered after gpiozero's own
+    (this module imports gpiozero first), so it runs before it: like gpiozero's
+    hook, it first stops gpiozero's background threads, so that none of them
+    reads a pin of a factory that is closing (a LineSensor's GPIOQueue thread
+    would otherwise die with a traceback). gpiozero's hook then finds the
+    devices' pins closed already.
+    """
+    factories = [f for f in list(_open_factories) if not f._closing and not f._connection.closed]
+    if not factories:
+        return
+    _stop_gpiozero_threads(EXIT_THREADS_TIMEOUT)
+    for factory in factories:
+        try:
+            factory.close()
+        except Exception as exc:        # never a traceback at exit
+            log.debug('closing %r at exit: %s', factory, exc)
 
 
 class RemoteIOSoftwareSPI(SPISoftware):

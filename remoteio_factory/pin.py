@@ -27,6 +27,7 @@ from gpiozero.exc import (
     PinInvalidFunction, PinInvalidPull, PinInvalidState, PinPWMFixedValue,
     PinPWMUnsupported, PinSetInput)
 from gpiozero.pins.pi import PiPin
+from gpiozero.threads import GPIOThread
 
 from remoteio_factory.connection import clock
 from remoteio_factory.exc import RemoteIOConnectionError, RemoteIOFactoryClosed
@@ -34,6 +35,10 @@ from remoteio_factory.protocol import EDGES, FUNCTIONS, MAX_BOUNCE, MAX_FREQUENC
 
 
 log = logging.getLogger('remoteio_factory')
+
+
+class _FactoryClosedInThread(RemoteIOFactoryClosed, ReferenceError):
+    """RemoteIOFactoryClosed as gpiozero's background threads get it (see _factory_closed)."""
 
 
 def _check_state(value):
@@ -219,7 +224,21 @@ class RemoteIOPin(PiPin):
 
     @property
     def _closed(self):
-        return self.factory._connection.closed
+        """Is the factory closed, or closing?"""
+        return self.factory._closing or self.factory._connection.closed
+
+    def _factory_closed(self, what):
+        """
+        The error for *what* on a pin of a closed factory. gpiozero's background
+        threads (a LineSensor's GPIOQueue, a Button's hold thread) get one that
+        is also a ReferenceError: they end quietly on that (it is what they get
+        when their device is gone), as they end at exit with gpiozero's local
+        factories, instead of dying with a traceback.
+        """
+        message = f'cannot {what} {self!r}: the remoteio factory is closed'
+        if isinstance(threading.current_thread(), GPIOThread):
+            return _FactoryClosedInThread(message)
+        return RemoteIOFactoryClosed(message)
 
     def _usable(self):
         """
@@ -269,10 +288,15 @@ class RemoteIOPin(PiPin):
 
     def _get_state(self):
         if self._closed:
-            raise RemoteIOFactoryClosed(f'cannot read {self!r}: the remoteio factory is closed')
+            raise self._factory_closed('read')
         self._check_open()
-        self._claim()
-        return self._request('read')['state']
+        try:
+            self._claim()
+            return self._request('read')['state']
+        except Exception:
+            if self._closed:      # the factory closed meanwhile (e.g. at exit)
+                raise self._factory_closed('read') from None
+            raise
 
     def _set_state(self, value):
         value = _check_state(value)

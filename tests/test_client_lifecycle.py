@@ -214,6 +214,52 @@ def test_a_button_made_again_on_a_pin_gets_its_presses(wired):
         factory.close()
 
 
+# 5. no tracebacks at exit ------------------------------------------------------------------
+
+SENSORS_AT_EXIT = {
+    'default factory': """
+        from gpiozero import LineSensor, MotionSensor
+        line = LineSensor({a})
+        motion = MotionSensor({b})
+        print(line.value, motion.value)
+    """,
+    'pin_factory=': """
+        from gpiozero import LineSensor, MotionSensor
+        from remoteio_factory import RemoteIOFactory
+        factory = RemoteIOFactory()
+        line = LineSensor({a}, pin_factory=factory)
+        motion = MotionSensor({b}, pin_factory=factory)
+        print(line.value, motion.value)
+    """,
+    'led.source': """
+        from gpiozero import LED, LineSensor
+        line = LineSensor({b})
+        led = LED({a})
+        led.source = line                 # gpiozero's source thread reads and writes
+        print(line.value)
+    """,
+}
+
+
+def test_scripts_with_reading_threads_exit_without_tracebacks(server):
+    slots = [(5, 6), (12, 13), (16, 19), (20, 21), (25, 26)]
+    runs = 30
+    failures = []
+    for start in range(0, runs, len(slots)):
+        processes = []
+        for i, (a, b) in enumerate(slots):
+            code = list(SENSORS_AT_EXIT.values())[(start + i) % 3].format(a=a, b=b)
+            processes.append(subprocess.Popen(
+                [sys.executable, '-c', textwrap.dedent(code)], env=server.env(),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        for process in processes:
+            out, err = process.communicate(timeout=60)
+            if process.returncode != 0 or err:
+                failures.append((process.returncode, err))
+        server.wait_free(*(g for slot in slots for g in slot))
+    assert not failures, f'{len(failures)} of {runs} runs: {failures[0][1]}'
+
+
 # 7. configuration errors ---------------------------------------------------------------------
 
 def test_a_port_that_is_not_a_number_is_named(server):
