@@ -8,10 +8,12 @@ line), never by a client, and never taken from ``GPIOZERO_PIN_FACTORY``
 (which on a client machine names *us*: the server would connect to itself).
 """
 
+import atexit
 import contextlib
 import io
 import logging
 import os
+import shutil
 import socket
 import struct
 import tempfile
@@ -35,11 +37,13 @@ CAPABILITIES = {
 DEFAULT_MOCK_REVISION = 'a02082'
 
 
-def build_factory(name, revision=None):
+def build_factory(name, revision=None, auto=False):
     """
     Return a new gpiozero pin factory for backend *name*. *revision* (a hex
-    string) only applies to ``mock``. Raises whatever the backend raises when
-    it cannot run here (ImportError, OSError, gpiozero's PinFactoryFallback…).
+    string) only applies to ``mock``; *auto*: the backend was (or is being)
+    chosen by ``--backend auto``, which looks for pins on this machine only.
+    Raises whatever the backend raises when it cannot run here (ImportError,
+    OSError, gpiozero's PinFactoryFallback…).
     """
     if name == 'mock':
         from gpiozero.pins.mock import MockFactory, MockPWMPin
@@ -51,7 +55,7 @@ def build_factory(name, revision=None):
         from gpiozero.pins.rpigpio import RPiGPIOFactory
         return RPiGPIOFactory()
     if name == 'pigpio':
-        return _pigpio_factory()
+        return _pigpio_factory(local=auto)
     if name == 'native':
         import warnings
         from gpiozero.pins.native import NativeFactory
@@ -70,12 +74,23 @@ _PI_NO_HANDLE = -24
 _PI_CMD_NOIB, _PI_CMD_NC = 99, 21
 
 
-def pigpio_address():
-    """The pigpio daemon's (host, port): ``PIGPIO_ADDR``/``PIGPIO_PORT``, as pigpio reads them."""
-    return os.environ.get('PIGPIO_ADDR') or 'localhost', int(os.environ.get('PIGPIO_PORT') or 8888)
+#: How long the pigpio daemon may take to accept a connection (the pigpio library
+#: itself waits for ever).
+PIGPIO_CONNECT_TIMEOUT = 5.0
 
 
-def _pigpio_factory():
+def pigpio_address(local=False):
+    """
+    The pigpio daemon's (host, port): ``PIGPIO_ADDR``/``PIGPIO_PORT``, as pigpio
+    reads them. *local*: for ``--backend auto``, which must find this machine's
+    pins, never another machine's (``PIGPIO_ADDR`` may well name the Pi a client
+    drives remotely): ``localhost`` whatever ``PIGPIO_ADDR`` says.
+    """
+    host = 'localhost' if local else os.environ.get('PIGPIO_ADDR') or 'localhost'
+    return host, int(os.environ.get('PIGPIO_PORT') or 8888)
+
+
+def _pigpio_factory(local=False):
     """
     gpiozero's PiGPIOFactory on the daemon at :func:`pigpio_address`.
 
@@ -86,7 +101,14 @@ def _pigpio_factory():
     connect: that case is told apart and explained.
     """
     from gpiozero.pins.pigpio import PiGPIOFactory
-    host, port = pigpio_address()
+    host, port = pigpio_address(local)
+    try:
+        # pigpio connects without a timeout: an unreachable daemon would hang us
+        socket.create_connection((host, port), timeout=PIGPIO_CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise OSError(f'cannot connect to the pigpio daemon at {host}:{port} ({exc}); is '
+                      f'pigpiod running? (sudo systemctl start pigpiod; PIGPIO_ADDR and '
+                      f'PIGPIO_PORT choose another daemon with --backend pigpio)') from None
     banner = io.StringIO()
     try:
         with contextlib.redirect_stdout(banner):
@@ -97,9 +119,7 @@ def _pigpio_factory():
                 f'the pigpio daemon at {host}:{port} has no notification handle left (it has '
                 f'32, one per connection, and each claimed pin uses one): claim fewer pins, or '
                 f'stop other pigpio clients') from None
-        raise OSError(f'cannot connect to the pigpio daemon at {host}:{port} ({exc}); is '
-                      f'pigpiod running? (sudo systemctl start pigpiod; PIGPIO_ADDR and '
-                      f'PIGPIO_PORT choose another daemon)') from None
+        raise OSError(f'the pigpio daemon at {host}:{port} refused us ({exc})') from None
     finally:
         if banner.getvalue().strip():
             log.debug('pigpio said: %s', ' '.join(banner.getvalue().split()))
@@ -142,9 +162,34 @@ def worker_environment():
     if runtime and os.access(runtime, os.W_OK | os.X_OK):
         env['LG_WD'] = runtime
         return env, None
-    created = tempfile.mkdtemp(prefix='remoteio-server-')
+    _sweep_workdirs()
+    created = tempfile.mkdtemp(prefix=f'{_WORKDIR_PREFIX}{os.getpid()}-')
+    atexit.register(shutil.rmtree, created, True)   # also when start-up fails
     env['LG_WD'] = created
     return env, created
+
+
+_WORKDIR_PREFIX = 'remoteio-server-'
+
+
+def _sweep_workdirs():
+    """Remove the directories of servers that were killed (their pid is gone)."""
+    base = tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(_WORKDIR_PREFIX):
+            continue
+        pid = name[len(_WORKDIR_PREFIX):].split('-', 1)[0]
+        if pid.isdigit() and not os.path.exists(f'/proc/{pid}'):
+            path = os.path.join(base, name)
+            try:
+                if os.stat(path).st_uid == os.getuid():
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
 
 
 def on_raspberry_pi():
@@ -186,7 +231,7 @@ def probe(name, revision=None):
     reasons = []
     for candidate in candidates:
         try:
-            factory = build_factory(candidate, revision)
+            factory = build_factory(candidate, revision, auto=name == 'auto')
             try:
                 board_revision = factory.board_info.revision
             finally:

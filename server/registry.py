@@ -208,7 +208,9 @@ class ClaimedPin:
         # claiming thread cleans up, and there is nothing to free or report).
         with self._lock:
             abandoned = self.status in ('abandoned', 'claiming')
-            died = self.status not in ('releasing', 'abandoned', 'claiming')
+            # Died, unless it answered its release first (a worker killed half-way
+            # through a soft close died too, whatever its status said).
+            died = not abandoned and self.final is None
             self.status = 'gone'
             leftover, self._pending = list(self._pending.values()), {}
             tasks, self._tasks = list(self._tasks.values()), {}
@@ -283,10 +285,15 @@ class Registry:
             self._claimed[gpio] = pin
         try:
             worker = self.spawner.take()
+            if self.closing:
+                worker.kill(grace=0)      # never bound to a pin: nothing to switch off
+                raise ProtocolError('shutting_down', 'the server is shutting down')
         except Exception as exc:
             with self._lock:
                 del self._claimed[gpio]
                 self._changed.notify_all()
+            if isinstance(exc, ProtocolError):
+                raise
             raise ProtocolError(
                 'backend_error', f'cannot start a worker for GPIO{gpio}: {exc}') from None
         pin.attach(worker)
@@ -362,7 +369,7 @@ class Registry:
         with self._lock:
             pins = list(self._claimed.values())
         for pin in pins:
-            pin.worker.terminate()
+            pin.worker.terminate()         # (a claim still waiting for a worker has none)
 
     def wait_all_freed(self, timeout):
         deadline = time.monotonic() + timeout
@@ -407,7 +414,10 @@ class _NoWorker:
     pid = None
     conn = None
 
-    def kill(self):
+    def kill(self, grace=0):
+        pass
+
+    def terminate(self, grace=0):
         pass
 
 

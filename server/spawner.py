@@ -214,6 +214,7 @@ class Spawner:
         self.revision = revision
         self.spares = spares
         self._env = env
+        self._requested = None        # what probe() was asked for (auto, or a backend)
         self._zygote = Zygote(env)
         self._zygote_lock = threading.Lock()
         self._ready = []
@@ -229,7 +230,9 @@ class Spawner:
         the server's process never opens a GPIO chip. Returns
         ``(backend, revision_hex, reasons)``.
         """
+        self._requested = name
         pid, conn = self._run('probe', name, self.revision)
+        probe = Worker(pid, conn)
         try:
             if not conn.poll(START_TIMEOUT):
                 raise WorkerStartError(f'probing backend {name} took over {START_TIMEOUT} s')
@@ -237,7 +240,7 @@ class Spawner:
         except EOFError:
             raise WorkerStartError(f'probing backend {name}: the probe process died') from None
         finally:
-            conn.close()
+            probe.kill(grace=1.0)         # (one that hangs must not outlive the server)
         if reply[0] != 'ok':
             raise WorkerStartError(reply[1])
         return reply[1], reply[2], reply[3]
@@ -272,7 +275,8 @@ class Spawner:
         return zygote.run(target, *args)
 
     def _spawn(self):
-        pid, conn = self._run('worker', self.backend, self.revision)
+        # a backend that auto chose is used as it was probed (pigpio: the local daemon)
+        pid, conn = self._run('worker', self.backend, self.revision, self._requested == 'auto')
         return Worker(pid, conn)
 
     def _fill(self):

@@ -133,6 +133,7 @@ class PinWorker:
         self.running = None          # the Job of the timed task under way
         self.deadline = None         # monotonic time of its next change
         self.closing = False
+        self.halted = False            # the server is stopping: no new work
         self.released = False
         self.closed_state = None       # what the pin was left as, once released
         self._level = None
@@ -369,13 +370,12 @@ class PinWorker:
         """
         Record what the pin was left as. Some backends give the line back when
         a pin closes (RPi.GPIO's ``cleanup``), after which it cannot be read:
-        then it is an input at the level last seen.
+        then it is an input of unknown level (``state`` null).
         """
         try:
             state = self.read_state()
         except Exception:
-            state = {'function': 'input', 'state': bool(self._last.get('state', 0)),
-                     'frequency': None, 'pull': None}
+            state = {'function': 'input', 'state': None, 'frequency': None, 'pull': None}
         self._record_state(time.monotonic(), state)
         self.closed_state = state
 
@@ -429,6 +429,11 @@ class PinWorker:
     # The queue -----------------------------------------------------------------
 
     def submit(self, job):
+        if self.halted and job.op != 'release':
+            # a request that was on its way when the server began to stop
+            self._end_job(job, 'stopped', {'code': 'shutting_down', 'type': 'RemoteIOPinError',
+                                           'message': 'the server is shutting down'})
+            return
         if job.op in CONFIG_OPS and not self.closing:
             self._run_plain(job)
             return
@@ -462,6 +467,7 @@ class PinWorker:
                 self._end_job(job, 'stopped', {'code': 'pin_closed', 'type': 'RemoteIOPinError',
                                                'message': 'the server is shutting down'})
         self.queue = kept
+        self.halted = True
         if self.running is not None:
             self._end_task('stopped', switch_off=True)
         self.advance(time.monotonic())
@@ -585,7 +591,7 @@ def _terminate(signum, frame):
     raise Terminated
 
 
-def main(conn, backend, revision):
+def main(conn, backend, revision, auto=False):
     """
     Entry point of a worker process (the spawner's target). Builds the
     backend, waits for its pin, then serves it until released.
@@ -596,12 +602,12 @@ def main(conn, backend, revision):
     """
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        _main(conn, backend, revision)
+        _main(conn, backend, revision, auto)
     except Terminated:
         pass
 
 
-def _main(conn, backend, revision):
+def _main(conn, backend, revision, auto):
     # Everything inherited from the forkserver (gpiozero, the interpreter's own
     # objects) stays shared with it: keep the garbage collector from walking it,
     # which would copy every page it touches into this process.
@@ -612,7 +618,7 @@ def _main(conn, backend, revision):
     factory = None
     if backend not in BUILD_AT_CLAIM:
         try:
-            factory = build_factory(backend, revision)
+            factory = build_factory(backend, revision, auto)
         except Exception as exc:
             conn.send_bytes(pack(['err', 0, describe_error(exc)]))
             return
@@ -628,11 +634,11 @@ def _main(conn, backend, revision):
         return
     try:
         if factory is None:
-            factory = build_factory(backend, revision)
+            factory = build_factory(backend, revision, auto)
+        if backend == 'pigpio':
+            _keep_monitored(factory, args['gpio'])     # before the pin's mode or pull changes
         worker = PinWorker(conn, factory, args['gpio'], backend, args.get('mode', 'wait'),
                            args.get('report_levels', False))
-        if backend == 'pigpio':
-            _keep_monitored(factory, args['gpio'])
         if args.get('level') is not None:      # a mock input's level, set before the claim
             worker.drive(args['level'])
     except Exception as exc:
