@@ -24,6 +24,10 @@ log = logging.getLogger('remoteio_server.registry')
 
 #: How long the server waits for a worker to answer an internal request.
 INTERNAL_TIMEOUT = 10.0
+#: How long a claim may take, waiting for another client's soft close or for the
+#: backend (pigpio connects when a pin is claimed): less than a client's default
+#: timeout (10 s), so the client hears why rather than timing out.
+CLAIM_TIMEOUT = 8.0
 
 
 def worker_died(gpio, message='ended unexpectedly'):
@@ -256,7 +260,7 @@ class Registry:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
 
-    def claim(self, gpio, session, timeout=INTERNAL_TIMEOUT):
+    def claim(self, gpio, session, timeout=CLAIM_TIMEOUT):
         """Give *gpio* to *session*; return the ClaimedPin and the pin's state."""
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -300,7 +304,8 @@ class Registry:
         try:
             state = pin.call('claim', {'gpio': gpio, 'mode': session.mode,
                                        'report_levels': gpio in self.wires,
-                                       'level': self.mock_levels.get(gpio)})
+                                       'level': self.mock_levels.get(gpio)},
+                             max(0.5, deadline - time.monotonic()))
             with pin._lock:
                 if pin.status == 'gone':       # the worker ended as it answered
                     raise ProtocolError('worker_died', f'the worker of GPIO{gpio} ended')
