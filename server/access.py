@@ -13,7 +13,9 @@ session.
   proves it knows the token too, so a client cannot be fooled by an
   impostor.
 * ``--allow-hosts`` limits the peers, ``--allow-pins`` the GPIOs that may
-  be claimed.
+  be claimed. IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``, how a
+  dual-stack listener sees IPv4 peers) are IPv4 addresses on both sides: in
+  the list and in the peer's address.
 """
 
 import hmac
@@ -24,7 +26,7 @@ from remoteio_factory.protocol import auth_mac
 
 
 def peer_address(host):
-    """The address of a peer (an IPv4-mapped IPv6 one as IPv4), or None."""
+    """The address of a peer (an IPv4-mapped IPv6 one as IPv4, without a %scope), or None."""
     try:
         address = ipaddress.ip_address(host.split('%', 1)[0])
     except ValueError:
@@ -55,9 +57,25 @@ def parse_pins(text):
     return pins
 
 
+_V4_MAPPED = ipaddress.ip_network('::ffff:0:0/96')
+
+
+def normalise_network(network):
+    """
+    An IPv4-mapped IPv6 network (``::ffff:10.0.0.5``, ``::ffff:10.0.0.0/120``)
+    as the IPv4 network it stands for; any other network as it is. Peers are
+    compared as IPv4 addresses too (:func:`peer_address`), so both sides meet.
+    """
+    if (isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96
+            and network.subnet_of(_V4_MAPPED)):
+        return ipaddress.IPv4Network(
+            (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+    return network
+
+
 def parse_hosts(text):
-    """``'192.168.1.0/24, 10.0.0.5'`` → a list of networks."""
-    return [ipaddress.ip_network(part.strip(), strict=False)
+    """``'192.168.1.0/24, 10.0.0.5, ::ffff:10.0.0.6'`` → a list of networks."""
+    return [normalise_network(ipaddress.ip_network(part.strip().split('%', 1)[0], strict=False))
             for part in text.split(',') if part.strip()]
 
 
@@ -66,6 +84,9 @@ class AccessPolicy:
 
     def __init__(self, token=None, allow_hosts=None, allow_pins=None):
         self.token = token.encode('utf-8') if isinstance(token, str) else token
+        if allow_hosts is not None:
+            allow_hosts = [normalise_network(ipaddress.ip_network(n, strict=False))
+                           for n in allow_hosts]
         self.allow_hosts = allow_hosts
         self.allow_pins = allow_pins
 
@@ -80,8 +101,9 @@ class AccessPolicy:
             address = peer_address(host)
             if address is None:
                 return f'{host} is not an address this server accepts'
-            if not any(address in network for network in self.allow_hosts):
-                return f'{host} is not in the server\'s --allow-hosts list'
+            if not any(address in network for network in self.allow_hosts
+                       if network.version == address.version):
+                return f'{address} is not in the server\'s --allow-hosts list'
         if self.protected and not is_loopback(host):
             return ('protected mode: this remoteio server has no token, so it serves only '
                     'clients on its own machine. Start it with --token-file FILE (or '

@@ -15,7 +15,32 @@ from remoteio_factory._version import __version__
 from remoteio_factory.transport import server_context
 from remoteio_server import backends
 from remoteio_server.access import AccessPolicy, parse_hosts, parse_pins
-from remoteio_server.daemon import DEFAULT_LEASE, MODES, run_server
+from remoteio_server.daemon import (
+    DEFAULT_LEASE, DEFAULT_MAX_PENDING, MODES, ListenError, run_server)
+from remoteio_server.session import printable
+
+
+class SafeFormatter(logging.Formatter):
+    """
+    A log line is one line: control characters in a message (which may carry
+    text from the network) are escaped, and the lines of a traceback are
+    indented, so nothing a client sends can pass for a log line of its own.
+    """
+
+    def format(self, record):
+        record.message = printable(record.getMessage(), limit=100_000)
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        text = self.formatMessage(record)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        extra = [record.exc_text] if record.exc_text else []
+        if record.stack_info:
+            extra.append(self.formatStack(record.stack_info))
+        for block in extra:
+            text += ''.join('\n    ' + printable(line, limit=100_000)
+                            for line in block.splitlines())
+        return text
 
 
 def _env(name, default):
@@ -45,7 +70,7 @@ def parser():
                '(remoteio-server setup --help).')
     p.add_argument('--host', default=_env('HOST', '0.0.0.0'),
                    help='address to listen on; 127.0.0.1 for this machine only, :: for IPv6 '
-                        '(default: %(default)s)')
+                        'and IPv4 (default: %(default)s)')
     p.add_argument('--port', type=int, default=int(_env('PORT', protocol.DEFAULT_PORT)),
                    help='TCP port; 0 picks a free one and prints it (default: %(default)s)')
     p.add_argument('--backend', choices=('auto',) + backends.BACKENDS,
@@ -88,6 +113,11 @@ def parser():
                         '(default: %(default)s)')
     p.add_argument('--max-clients', type=int, default=int(_env('MAX_CLIENTS', 64)),
                    help='connections served at once (default: %(default)s)')
+    p.add_argument('--max-pending', type=int,
+                   default=int(_env('MAX_PENDING', DEFAULT_MAX_PENDING)),
+                   help='connections not yet admitted (hello, and auth with a token) at once; '
+                        'they do not count in --max-clients and must be admitted within 10 s '
+                        '(default: %(default)s)')
     p.add_argument('--max-pins', type=int, default=int(_env('MAX_PINS', 64)),
                    help='pins one connection may claim (default: %(default)s)')
     p.add_argument('--max-message', type=int, default=int(_env('MAX_MESSAGE', protocol.MAX_MESSAGE)),
@@ -156,9 +186,9 @@ def main(argv=None):
     if args.print_unit:
         sys.stdout.write(systemd_unit())
         return
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format='%(asctime)s %(name)s %(levelname)s: %(message)s')
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter('%(asctime)s %(name)s %(levelname)s: %(message)s'))
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     if args.revision is not None and args.backend != 'mock':
         parser().error('--revision applies to --backend mock only')
     if args.revision is not None:
@@ -169,6 +199,9 @@ def main(argv=None):
 
     if args.lease < 0:
         parser().error('--lease must be 0 (off) or a number of seconds above 0')
+    for option in ('max_clients', 'max_pending', 'max_pins', 'max_message'):
+        if getattr(args, option) < 1:
+            parser().error(f'--{option.replace("_", "-")} must be at least 1')
     access = access_policy(args)
     tls = None
     if args.tls_cert:
@@ -188,13 +221,14 @@ def main(argv=None):
     try:
         run_server(port=args.port, mode=args.mode, host=args.host, backend=args.backend,
                    revision=args.revision, ready=ready, max_message=args.max_message,
-                   max_clients=args.max_clients, max_pins=args.max_pins, spares=args.spares,
-                   mock_wires=args.mock_wire, access=access, lease=args.lease, tls=tls)
-    except OSError as exc:
+                   max_clients=args.max_clients, max_pending=args.max_pending,
+                   max_pins=args.max_pins, spares=args.spares, mock_wires=args.mock_wire,
+                   access=access, lease=args.lease, tls=tls, restore_signals=False)
+    except ListenError as exc:
         print(f'remoteio-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}',
               file=sys.stderr)
         sys.exit(1)
-    except (RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         print(f'remoteio-server: {exc}', file=sys.stderr)
         sys.exit(1)
 

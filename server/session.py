@@ -1,25 +1,36 @@
 """
 One client connection on the server.
 
-Flow: client → wire → **server session** → pin worker.
+Flow: client → wire → server loop → **server session** → pin worker.
 
-A session reads the client's lines, validates every field of every request
-(:mod:`remoteio_factory.protocol`), and either answers it itself (hello,
-ping, status, claim) or forwards it to the worker of a pin it owns. Requests
-for one pin reach that pin's worker in the order they were sent. A read
-waits until everything the connection sent to *other* pins has been carried
-out, so a client always reads its own writes. When the connection ends, for
-any reason, every pin it owns is soft-closed: what was sent is carried out,
-then the pin is switched off (PWM stopped, returned to an input, as gpiozero
-closes a pin) and released.
+A session takes the complete lines the server's network loop has read from
+its connection (:mod:`remoteio_server.daemon` does all socket I/O), validates
+every field of every request (:mod:`remoteio_factory.protocol`), and either
+answers it itself (hello, ping, status, claim) or forwards it to the worker of
+a pin it owns. Requests for one pin reach that pin's worker in the order they
+were sent. A read waits until everything the connection sent to *other* pins
+has been carried out, so a client always reads its own writes. When the
+connection ends, for any reason, every pin it owns is soft-closed: what was
+sent is carried out, then the pin is switched off (PWM stopped, returned to an
+input, as gpiozero closes a pin) and released.
+
+Threads. Until a connection is *admitted* (a successful hello; on a server
+with a token, a successful auth) the loop's thread handles its lines itself:
+only hello and auth do anything then, both answer at once, so a connection
+that has proved nothing costs no thread and no timer. An admitted session gets
+one handler thread, which takes its requests in order (a claim may wait for a
+worker, a read for the connection's pins). Replies and pushes, from that
+thread and from the pins' reader threads, go to the connection's bounded
+outbound queue (:meth:`Session.send`), which the loop writes: nobody ever
+waits for a client's socket.
 """
 
 import logging
-import socket
 import threading
 import time
+from collections import deque
 
-from remoteio_factory import protocol, transport
+from remoteio_factory import protocol
 from remoteio_factory.protocol import MODES, ProtocolError, error_reply, encode
 from remoteio_server.tasks import KINDS as TASK_KINDS
 from remoteio_server.registry import worker_died
@@ -30,12 +41,48 @@ log = logging.getLogger('remoteio_server.session')
 #: How long a read waits for the connection's other pins to catch up.
 BARRIER_TIMEOUT = 10.0
 #: A client that does not take its replies for this long is disconnected. With a
-#: lease (the default) the lease is that limit instead (see Session.run).
+#: lease (the default) the lease is that limit instead.
 SEND_TIMEOUT = 10.0
 #: The shortest blink or pulse cycle (seconds): shorter would only keep a core busy.
 MIN_CYCLE = 0.001
-#: With a token: a connection that has not authenticated by then is closed.
-AUTH_TIMEOUT = 10.0
+#: A connection's first complete line must arrive within this long of its accept.
+FIRST_LINE_TIMEOUT = 5.0
+#: A connection must be admitted (hello; with a token, auth) within this long of its accept.
+ADMIT_TIMEOUT = 10.0
+#: Kept for code that imported it: the deadline for auth is ADMIT_TIMEOUT.
+AUTH_TIMEOUT = ADMIT_TIMEOUT
+#: Bytes of received requests waiting for the handler before the server stops
+#: reading the connection (TCP then holds the client back).
+INBOX_LIMIT = 1 << 20
+
+#: A line this short that names ``heartbeat`` may be answered by the loop (Session.received).
+_QUICK_LINE = 200
+
+_CONTROL = {i: f'\\x{i:02x}' for i in range(32)}
+_CONTROL.update({9: '\\t', 10: '\\n', 13: '\\r', 127: '\\x7f'})
+
+
+def printable(text, limit=200):
+    """
+    *text* (from the network) made safe for a log line: control and other
+    unprintable characters escaped, so it cannot end the line or forge another,
+    and at most *limit* characters kept.
+    """
+    text = str(text)
+    if len(text) > limit:
+        text = text[:limit] + '…'
+    if text.isprintable():
+        return text
+    return ''.join(c if c.isprintable() else _CONTROL.get(ord(c)) or
+                   (f'\\u{ord(c):04x}' if ord(c) < 0x10000 else f'\\U{ord(c):08x}')
+                   for c in text)
+
+
+def _is_heartbeat(line):
+    try:
+        return protocol.decode(line).get('op') == 'heartbeat'
+    except ProtocolError:
+        return False
 
 
 class ClientReply:
@@ -64,12 +111,21 @@ class ClientReply:
         self.session.send(message)
 
 
+class _End:
+    """An item of the inbox that ends the session (after what came before it)."""
+
+    __slots__ = ('reason', 'push', 'reply')
+
+    def __init__(self, reason, push=None, reply=None):
+        self.reason, self.push, self.reply = reason, push, reply
+
+
 class Session:
     """One client connection; see the module docstring."""
 
-    def __init__(self, server, sock, peer, id):
+    def __init__(self, server, channel, peer, id):
         self.server = server
-        self.sock = sock
+        self.channel = channel             # the connection's network side (daemon.Channel)
         self.peer = peer
         self.id = id
         self.client = None
@@ -78,12 +134,22 @@ class Session:
         self.claimed_any = False
         self.greeted = False
         self.authenticated = server.access.protected   # no token: loopback only, no auth
+        self.admitted = False              # hello (and auth) done: it has a handler thread
+        self.got_line = False              # a complete line has arrived
         self._nonce = None
         self.mode = server.mode
-        self.closed = False
-        self.end_reason = None             # set by the server when it ends the session
-        self._send_lock = threading.Lock()
+        self.closed = False                # no more requests are taken
+        self.end_reason = None             # why, if not the default of where it ended
+        self._ended = False
         self._progress = threading.Condition()
+        # The inbox: lines (and an _End) the loop has read, for the handler thread.
+        self._inbox = deque()
+        self._inbox_bytes = 0
+        self._inbox_ready = threading.Condition(threading.Lock())
+        self._thread = None
+        self._dropping = False             # end now: skip the requests not yet taken
+        self.busy = False                  # the handler is carrying out requests
+        self.idle_since = self.connected   # ... and since when it has not been
         self.handlers = {
             'hello': self.on_hello,
             'auth': self.on_auth,
@@ -105,78 +171,148 @@ class Session:
         }
 
     def describe(self):
-        name = f' {self.client}' if self.client else ''
+        """``#3 (127.0.0.1:40000 name)``, safe to log (the name is the client's)."""
+        name = f' {printable(self.client)}' if self.client else ''
         return f'#{self.id} ({self.peer}{name})'
 
     # Sending ---------------------------------------------------------------
 
     def send(self, message):
-        data = encode(message)
-        with self._send_lock:
+        """Queue *message* for the client; never blocks (see daemon.Channel.post)."""
+        self.channel.post(encode(message))
+
+    # Input, from the server's loop -------------------------------------------
+
+    def received(self, lines, error=None):
+        """
+        The loop has read complete *lines* (and, with *error*, a line too long
+        to take). Before admission they are handled here and now; after it,
+        they are queued for the handler thread. Returns False once the loop
+        should stop reading for a while (the handler is that far behind).
+        """
+        for index, line in enumerate(lines):
+            self.got_line = True
+            if self._thread is not None:
+                if (len(line) <= _QUICK_LINE and b'"heartbeat"' in line and not self.closed
+                        and not self.busy and not self._inbox and _is_heartbeat(line)):
+                    # The handler has nothing to do: a heartbeat, which waits for
+                    # nothing, is answered here, in order, without a thread hand-off.
+                    self.handle_line(line)
+                    continue
+                self._queue(lines[index:], error)
+                return self._inbox_bytes < INBOX_LIMIT
+            if self.closed:
+                return False
+            self.handle_line(line)
+            if self.closed:
+                self.close('connection closed by the server')
+                return False
+        if self._thread is not None:
+            if error is not None:
+                self._queue([], error)
+            return self._inbox_bytes < INBOX_LIMIT
+        if error is not None and not self.closed:
+            self._too_large(error)
+            self.close(str(error))
+            return False
+        return True
+
+    def end(self, reason, push=None, now=False):
+        """
+        The connection is over (closed by the client, broken, its lease
+        expired, dropped, or the server stops): after the lines already
+        received (or, *now*, at once, dropping them), send *push* if any,
+        soft-close the pins and finish.
+        """
+        if self._thread is not None:
+            if now:
+                self._dropping = True
+            self._queue([], _End(reason, push))
+        elif not self._ended:
+            if push is not None:
+                self.send(push)
+            self.close(reason)
+
+    @property
+    def idle(self):
+        """True while the handler has nothing to do (the lease runs only then)."""
+        return not self.busy and not self._inbox
+
+    def _queue(self, lines, end):
+        with self._inbox_ready:
+            for line in lines:
+                self._inbox.append(line)
+                self._inbox_bytes += len(line)
+            if isinstance(end, ProtocolError):
+                self._inbox.append(_End(str(end), reply=end))
+            elif end is not None:
+                self._inbox.append(end)
+            self._inbox_ready.notify()
+
+    def _too_large(self, exc):
+        # The stream can no longer be trusted to be in step.
+        self.send(error_reply(None, exc.code, str(exc)))
+        self.send({'push': 'closing', 'reason': str(exc)})
+
+    def _admit(self):
+        """Hello (and auth) done: a place among the clients and a handler thread, or a refusal."""
+        refusal = self.server.admit(self)
+        if refusal is None:
+            thread = threading.Thread(target=self._run, name=f'remoteio-session-{self.id}',
+                                      daemon=True)
             try:
-                self.sock.sendall(data)
-            except OSError:
-                # The reader notices the broken socket and closes the session.
-                self._abort()
+                thread.start()
+            except RuntimeError as exc:       # out of threads (or memory for a stack)
+                self.server.unadmit(self)
+                refusal = f'the server cannot take another client now ({exc})'
+            else:
+                self._thread = thread
+                self.admitted = True
+                return True
+        self.server.note_refusal(self.peer, refusal)
+        self.send({'push': 'closing', 'reason': refusal})
+        self.end_reason = refusal
+        self.closed = True
+        return False
 
-    def _abort(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    # The handler thread ------------------------------------------------------
 
-    # Reading ---------------------------------------------------------------
-
-    def run(self):
-        """The session's thread: read and handle requests until the connection ends."""
-        reader = protocol.LineReader(self.server.max_message)
+    def _run(self):
+        """Carry out the admitted connection's requests, in order, until it ends."""
         reason = 'connection closed by the client'
-        if self.server.tls is not None:
-            try:
-                self.sock = transport.wrap(self.server.tls, self.sock, server_side=True)
-            except (OSError, ValueError) as exc:
-                log.warning('client %s: TLS handshake failed: %s', self.peer, exc)
-                self.close(f'TLS handshake failed: {exc}')
-                return
-        self.sock.settimeout(self.server.lease or None)
-        if not self.authenticated:
-            deadline = threading.Timer(AUTH_TIMEOUT, self._auth_deadline)
-            deadline.daemon = True
-            deadline.start()
         try:
             while not self.closed:
-                try:
-                    data = self.sock.recv(65536)
-                except socket.timeout:
-                    reason = f'lease expired: nothing received for {self.server.lease:g} s'
-                    self.send({'push': 'closing', 'reason': reason})
-                    break
-                except OSError as exc:
-                    reason = f'connection broken: {exc}'
-                    break
-                if not data:
-                    break
-                for line in reader.feed(data):
-                    self.handle_line(line)
+                with self._inbox_ready:
+                    while not self._inbox:
+                        self.busy = False
+                        self.idle_since = time.monotonic()
+                        self._inbox_ready.wait()
+                    self.busy = True
+                    items, self._inbox = self._inbox, deque()
+                    paused = self._inbox_bytes >= INBOX_LIMIT
+                    self._inbox_bytes = 0
+                if paused:
+                    self.channel.resume()
+                for item in items:
+                    if self._dropping and not isinstance(item, _End):
+                        continue
+                    if isinstance(item, _End):
+                        if item.reply is not None:
+                            self._too_large(item.reply)
+                        elif item.push is not None:
+                            self.send(item.push)
+                        reason = item.reason
+                        self.closed = True
+                        break
+                    self.handle_line(item)
                     if self.closed:
                         reason = 'client said bye'
                         break
-                if reader.error is not None:
-                    # The stream can no longer be trusted to be in step.
-                    exc = reader.error
-                    self.send(error_reply(None, exc.code, str(exc)))
-                    self.send({'push': 'closing', 'reason': str(exc)})
-                    reason = str(exc)
-                    break
+        except Exception:       # a bug: log it, and end the connection cleanly
+            log.exception('client %s: the session failed', self.describe())
+            reason = 'internal error'
         finally:
             self.close(reason)
-
-    def _auth_deadline(self):
-        if not self.authenticated and not self.closed:
-            log.warning('client %s: no authentication within %g s', self.describe(), AUTH_TIMEOUT)
-            self.end_reason = f'no authentication within {AUTH_TIMEOUT:g} s'
-            self.send({'push': 'closing', 'reason': self.end_reason})
-            self._abort()
 
     def handle_line(self, line):
         id = message = None
@@ -287,6 +423,8 @@ class Session:
         if mode is not None:
             self.mode = mode          # for the pins claimed from now on
         self.greeted = True
+        if self.authenticated and not self.admitted and not self._admit():
+            return                    # refused (the server is full): told so, and closed
         info = self.server.hello_info(self)
         if not self.authenticated:
             self._nonce = self.server.access.challenge()
@@ -302,13 +440,15 @@ class Session:
         if not isinstance(client_nonce, str) or not 16 <= len(client_nonce) <= 256:
             raise ProtocolError('bad_request', "field 'nonce' must be a string of 16 to 256 characters")
         if not self.server.access.verify(self._nonce, message.get('mac')):
-            log.warning('client %s: authentication failed', self.describe())
+            self.server.warn_limited('auth', 'client %s: authentication failed', self.describe())
             self.send(error_reply(id, 'auth_failed', 'wrong token'))
             self.send({'push': 'closing', 'reason': 'authentication failed: wrong token'})
             self.end_reason = 'authentication failed'
             self.closed = True
             return
         self.authenticated = True
+        if not self._admit():
+            return                    # refused (the server is full): told so, and closed
         self.reply(id, proof=self.server.access.proof(client_nonce))
 
     def on_heartbeat(self, id, message):
@@ -413,7 +553,7 @@ class Session:
     def on_status(self, id, message):
         history = protocol.get_count(message, 'history', 20, 1000)
         self.wait_caught_up()      # the status shows what this connection has sent
-        self.reply(id, **self.server.status(history))
+        self.channel.post(self.server.status_reply(id, history))
 
     def on_bye(self, id, message):
         self.wait_caught_up()
@@ -423,14 +563,13 @@ class Session:
     # Closing ---------------------------------------------------------------
 
     def close(self, reason):
-        """Soft-close every pin this connection owns, then drop the connection."""
+        """Soft-close every pin this connection owns, then let the loop close the connection."""
+        if self._ended:
+            return
+        self._ended = True
         reason = self.end_reason or reason
         self.closed = True
         for pin in list(self.pins.values()):
             pin.release()
         self.server.session_ended(self, reason)
-        self._abort()
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        self.channel.finish()
