@@ -222,6 +222,9 @@ class Channel:
             self._resume_asked = False
             self.paused = False
         if self._finish_asked and not self.finishing:
+            if self.handshake:            # no TLS yet to say anything in: just close
+                self.close()
+                return
             self.finishing = True
             self.finish_by = time.monotonic() + CLOSE_FLUSH
         if self.queued and not self.handshake:

@@ -35,12 +35,14 @@ STATUS_BOUND = 1.0
 class Raw:
     """A raw protocol connection: send dicts or bytes, take the server's lines."""
 
-    def __init__(self, host, port, rcvbuf=None, family=socket.AF_INET, timeout=10):
+    def __init__(self, host, port, rcvbuf=None, family=socket.AF_INET, timeout=10, tls=None):
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         if rcvbuf is not None:      # before connect, so the window stays small
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
         self.sock.connect((host, port))
+        if tls is not None:         # an ssl.SSLContext that trusts the server
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         self.buffer = b''
         self.next_id = 1
 
@@ -255,6 +257,25 @@ def test_waiting_connections_are_capped_apart_from_max_clients(servers, token_fi
         member.close()
 
 
+def test_a_full_server_refuses_at_admission(servers, token_file):
+    """Two connections say hello while one place is free: the first to authenticate gets
+    it, the second is told the server is full instead of getting its proof."""
+    server = servers('--token-file', token_file, '--max-clients', '1')
+    first, second = Raw(server.host, server.port), Raw(server.host, server.port)
+    hellos = [raw.call('hello', protocol=1) for raw in (first, second)]
+    answer = {'nonce': 'd' * 32}
+    reply = first.call('auth', mac=auth_mac(TOKEN.encode(), 'client', hellos[0]['nonce']),
+                       **answer)
+    assert reply['ok']
+    second.request('auth', mac=auth_mac(TOKEN.encode(), 'client', hellos[1]['nonce']), **answer)
+    closing = second.line(5)
+    assert closing['push'] == 'closing' and 'maximum of 1 clients' in closing['reason'], closing
+    assert second.line(5) is None
+    assert first.call('heartbeat')['ok']
+    first.close()
+    second.close()
+
+
 def test_hello_without_auth_is_closed_at_the_auth_deadline(servers, token_file):
     server = servers('--token-file', token_file, '--lease', '0')
     raw = Raw(server.host, server.port)
@@ -456,6 +477,52 @@ def test_status_floods_do_not_delay_a_bystanders_heartbeat(servers):
           f'p99 {samples[len(samples) * 99 // 100] * 1000:.1f} ms, '
           f'max {samples[-1] * 1000:.1f} ms over {len(samples)}')
     assert samples[-1] < FAIRNESS_BOUND and median < FAIRNESS_BOUND / 10, (median, samples[-1])
+    bystander.close()
+
+
+def test_tls_connections_are_held_to_the_same_deadlines_and_bounds(servers, tmp_path):
+    """On a TLS server: a connection that never starts its handshake is closed at the
+    deadline of the first line; a TLS client that stops reading is dropped while a TLS
+    bystander is served."""
+    from test_security import make_certificate
+    from remoteio_factory.transport import client_context
+    try:
+        cert, key = make_certificate(tmp_path, 'server')
+    except Exception as exc:
+        pytest.skip(f'openssl cannot make test certificates here: {exc}')
+    server = servers('--tls-cert', str(cert), '--tls-key', str(key), '--lease', '30')
+    context = client_context(str(cert))
+    silent = socket.create_connection((server.host, server.port), timeout=FIRST_LINE_TIMEOUT + 5)
+    started = time.monotonic()
+    bystander = Raw(server.host, server.port, tls=context)
+    bystander.hello()
+    assert bystander.call('claim', pin=20)['ok']
+    hog = Raw(server.host, server.port, rcvbuf=4096, tls=context)
+    hog.hello()
+    assert hog.call('claim', pin=21)['ok']
+    # each reply is large: the pins' histories
+    for gpio in (20, 21):
+        requests = b''.join(json.dumps({'id': 5, 'op': 'write', 'pin': gpio, 'state': i % 2,
+                                        'quiet': True}).encode() + b'\n' for i in range(1000))
+        (bystander if gpio == 20 else hog).send(
+            json.dumps({'id': 4, 'op': 'setup', 'pin': gpio, 'function': 'output',
+                        'quiet': True}).encode() + b'\n' + requests)
+    assert bystander.call('ping')['ok']
+    size = len(json.dumps(bystander.call('status', history=1000)))
+    hog.send((json.dumps({'id': 9, 'op': 'status', 'history': 1000}).encode() + b'\n')
+             * (12 * 2**20 // size + 1))
+    def freed():
+        pins = {p['gpio']: p for p in bystander.call('status', history=0)['pins']}
+        return pins[21]['status'] == 'free' and pins[21]
+    assert wait_for(freed, 15, message='the pin of the client that did not read')['function'] \
+        == 'input'
+    assert bystander.call('heartbeat')['ok']
+    assert 'replies waiting' in log_of(server)
+    # the silent connection: closed (no TLS, no reply) at the deadline of the first line
+    assert silent.recv(4096) == b''
+    assert time.monotonic() - started < FIRST_LINE_TIMEOUT + 2
+    silent.close()
+    hog.close()
     bystander.close()
 
 
