@@ -126,6 +126,8 @@ class Connection:
         self._closing = False
         self._forked = False
         self._broken = None
+        self._lost_lock = threading.Lock()
+        self._established = False         # hello (and auth) done: a loss from then on is news
         self._server_reason = None        # why the server said it is closing
         self._first_bytes = None          # what a server sent that was not protocol
         self._understood = False          # a message from the server was valid
@@ -191,6 +193,7 @@ class Connection:
             self.close(graceful=False)
             raise
         self.on_lost = on_lost
+        self._established = True
         lease = self.hello.get('lease') or 0
         if lease > 0:
             threading.Thread(target=self._heartbeat, args=(lease,), daemon=True,
@@ -412,9 +415,11 @@ class Connection:
                 if handle is not None:
                     handle._end(message.get('result'), message.get('error'))
             if message['push'] == 'closing':
+                # The reason goes into the loss's reason (_lost), and so into the error
+                # raised or the warning logged then: not logged twice.
                 self._server_reason = message.get('reason')
-                log.warning('remoteio server %s:%s is closing the connection: %s',
-                            self.host, self.port, message.get('reason'))
+                log.debug('remoteio server %s:%s is closing the connection: %s',
+                          self.host, self.port, message.get('reason'))
             if self.on_push is not None:
                 self.on_push(message)
             return
@@ -426,20 +431,27 @@ class Connection:
         elif message.get('ok') is False:
             error = message.get('error') or {}
             exc = exception_for(error)
-            log.warning('remoteio server %s:%s rejected an earlier request on pin %s: %s',
-                        self.host, self.port, message.get('pin'), exc)
             if self.on_error is not None:
-                self.on_error(message.get('pin'), exc)
+                self.on_error(message.get('pin'), exc)       # the owner reports it
+            else:
+                log.warning('remoteio server %s:%s rejected an earlier request on pin %s: %s',
+                            self.host, self.port, message.get('pin'), exc)
 
     def _lost(self, reason):
         if self._server_reason:
             reason = f'{reason}: {self._server_reason}'
-        if self._broken is None:
-            self._broken = reason
-            if not self._closing:
-                log.error('lost the remoteio server at %s:%s: %s', self.host, self.port, reason)
-                if self.on_lost is not None:
-                    self.on_lost(reason)
+        with self._lost_lock:
+            if self._broken is None:
+                if not self._closing and self.on_lost is not None:
+                    # Told before `broken` is set, so the owner knows it is lost (and
+                    # starts reconnecting) before any caller sees this connection broken.
+                    try:
+                        self.on_lost(reason)
+                    except Exception:
+                        log.exception('handling the loss of the connection failed')
+                elif not self._closing and self._established:
+                    log.error('lost the remoteio server at %s:%s: %s', self.host, self.port, reason)
+                self._broken = reason
         for waiter in list(self._waiters.values()):
             waiter.event.set()
         for handle in list(self._tasks.values()):

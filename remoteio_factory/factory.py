@@ -23,9 +23,10 @@ from gpiozero.exc import GPIOPinInUse
 from gpiozero.mixins import SharedMixin
 from gpiozero.pins.pi import PiFactory
 from gpiozero.pins.spi import SPISoftware
-from time import monotonic, sleep
+from gpiozero.threads import GPIOThread
+from time import monotonic
 
-from remoteio_factory import protocol, settings
+from remoteio_factory import interrupt, settings
 from remoteio_factory.connection import (
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Connection, clock)
 from remoteio_factory.events import EventDispatcher
@@ -38,6 +39,12 @@ log = logging.getLogger('remoteio_factory')
 
 #: How long the exit hook waits for gpiozero's background threads to stop.
 EXIT_THREADS_TIMEOUT = 2.0
+#: How long a lost connection is tried again before the loss is fatal (REMOTEIO_RECONNECT_TIMEOUT).
+DEFAULT_RECONNECT_TIMEOUT = 30.0
+
+
+class _ConnectionLostInThread(RemoteIOConnectionError, ReferenceError):
+    """The fatal RemoteIOConnectionError as gpiozero's background threads get it (they end quietly)."""
 
 
 def tls_context(tls=None, tls_ca=None):
@@ -102,11 +109,29 @@ class RemoteIOFactory(PiFactory):
         (``REMOTEIO_TLS_CA``); giving one turns TLS on. The server's name
         (*host*) must match its certificate.
     :param bool reconnect:
-        Reconnect by itself when the connection is lost (``REMOTEIO_RECONNECT=1``):
-        the pins are claimed again and get back their function, state,
-        frequency, pull, edges and event subscription; the gap is logged.
-        Writes made during the gap are dropped but the last one is restored;
-        reads wait (at most *timeout*) for the connection to come back.
+        Reconnect by itself when the connection is lost (the default;
+        ``REMOTEIO_RECONNECT=0`` or ``False`` turns it off): the pins are
+        claimed again and get back their function, state, frequency, pull,
+        edges and event subscription; the loss and the return are logged as
+        warnings. Writes made during the gap are dropped but the last one is
+        restored; calls that need an answer wait for the connection to come
+        back (and are then asked again).
+    :param float reconnect_timeout:
+        How long to try (``REMOTEIO_RECONNECT_TIMEOUT``, default 30 s). If the
+        server has not come back by then, or at once without *reconnect*, the
+        loss is fatal: every call waiting on the factory, and every later one,
+        raises :exc:`~remoteio_factory.RemoteIOConnectionError`, and so does
+        the main thread (see *interrupt_main*).
+    :param bool interrupt_main:
+        When the connection is lost for good, raise the
+        :exc:`~remoteio_factory.RemoteIOConnectionError` in the main thread
+        too, wherever it is (default ``True``): a script blocked in
+        ``pause()``, ``sleep()``, ``Event.wait()`` or ``wait_for_press()``
+        then ends with the error instead of waiting forever. It takes a
+        signal (``SIGUSR2``, or ``SIGUSR1`` if the program has its own
+        ``SIGUSR2`` handler; SIGINT where there is neither, and on Windows).
+        ``False`` for programs that handle the loss themselves: then only
+        calls on the factory raise it.
     :param str mode:
         ``wait`` or ``nowait`` for this connection's timed tasks
         (``REMOTEIO_MODE``; default: the server's ``--mode``). In ``wait`` mode
@@ -119,7 +144,8 @@ class RemoteIOFactory(PiFactory):
     """
 
     def __init__(self, host=None, port=None, *, timeout=None, connect_timeout=None, mode=None,
-                 token=None, tls=None, tls_ca=None, reconnect=None):
+                 token=None, tls=None, tls_ca=None, reconnect=None, reconnect_timeout=None,
+                 interrupt_main=True):
         super().__init__()
         if host is None:
             host = settings.env_host()
@@ -127,11 +153,20 @@ class RemoteIOFactory(PiFactory):
         self._port = settings.env_port() if port is None else settings.port_number(port)
         self.pin_class = RemoteIOPin
         self._closing = False
+        self._reconnect_source = 'reconnect=False'
         if reconnect is None:
-            reconnect = os.environ.get('REMOTEIO_RECONNECT', '') in ('1', 'yes', 'true')
-        self._reconnect = reconnect
-        self._online = threading.Event()
+            reconnect = settings.env_flag('REMOTEIO_RECONNECT', True)
+            self._reconnect_source = 'REMOTEIO_RECONNECT=0'
+        self._reconnect = bool(reconnect)
+        self._reconnect_timeout = _seconds(reconnect_timeout, 'reconnect_timeout',
+                                           'REMOTEIO_RECONNECT_TIMEOUT', DEFAULT_RECONNECT_TIMEOUT)
+        self._interrupt_main = interrupt_main
+        self._online = threading.Event()   # clear while reconnecting
         self._online.set()
+        self._stopped = threading.Event()  # set by close(): ends the reconnect loop's waits
+        self._fatal = None                 # why the connection is lost for good
+        if interrupt_main:
+            interrupt.prepare()
         self._connection_args = dict(
             connect_timeout=_seconds(connect_timeout, 'connect_timeout', 'REMOTEIO_CONNECT_TIMEOUT',
                                      DEFAULT_CONNECT_TIMEOUT),
@@ -191,6 +226,7 @@ class RemoteIOFactory(PiFactory):
             return
         self._closing = True     # from now on its pins drop writes and refuse reads
         self._reconnect = False
+        self._stopped.set()
         pending = []
         for pin in list(self.pins.values()):
             release = pin._start_close()       # every release is sent before any wait
@@ -228,55 +264,125 @@ class RemoteIOFactory(PiFactory):
                 ', '.join(repr(pin) for pin in late), timeout,
                 'it is' if len(late) == 1 else 'they are')
 
-    # Reconnecting ----------------------------------------------------------------
+    # Losing the connection, reconnecting --------------------------------------
 
     @property
     def reconnecting(self):
         """True while the connection is lost and being re-established."""
         return not self._online.is_set()
 
-    def _wait_online(self):
-        """While reconnecting, wait (at most the request timeout) for the connection."""
-        if not self._online.is_set():
-            self._online.wait(self._connection.timeout)
+    def _recovering(self):
+        """Will a lost connection come back (reconnecting, or about to)?"""
+        return self._reconnect and self._fatal is None and not self._closing
+
+    def _live_connection(self):
+        """
+        The connection to use now. While reconnecting, wait for the new one (at
+        most until the reconnection gives up); once the connection is lost for
+        good, raise the error that says so.
+        """
+        while True:
+            if self._fatal is not None and not self._closing:
+                raise self._lost_error()
+            connection = self._connection
+            if connection.broken is None or not self._recovering():
+                return connection
+            self._online.wait(1.0)
+
+    def _lost_error(self):
+        """The error to raise once the connection is lost for good, in the calling thread."""
+        current = threading.current_thread()
+        if isinstance(current, GPIOThread):
+            # gpiozero's background threads end quietly on it (see RemoteIOPin._factory_closed):
+            # the main thread is told.
+            return _ConnectionLostInThread(self._fatal)
+        interrupt.delivered()     # the main thread gets it here: not from the signal as well
+        return RemoteIOConnectionError(self._fatal)
 
     def _connection_lost(self, reason):
-        # On the old connection's reader thread: start over on a thread of its own.
-        if not self._reconnect or not self._online.is_set():
+        # On the thread that noticed (the socket's reader, the heartbeat, a sender).
+        if self._closing:
             return
+        where = f'{self._host}:{self._port}'
+        if not self._reconnect:
+            self._give_up(
+                f'lost the connection to the remoteio server at {where} ({reason}); not '
+                f'reconnecting ({self._reconnect_source}). With REMOTEIO_RECONNECT=1 (the '
+                f'default) the client waits for the server to come back, up to '
+                f'REMOTEIO_RECONNECT_TIMEOUT seconds, and restores its pins')
+            return
+        if not self._online.is_set():
+            return            # lost again while restoring: the reconnect loop goes on
         self._online.clear()
+        log.warning('lost the connection to the remoteio server at %s (%s); reconnecting, '
+                    'for up to %g s (REMOTEIO_RECONNECT_TIMEOUT)', where, reason,
+                    self._reconnect_timeout)
         threading.Thread(target=self._reconnect_loop, args=(monotonic(), reason),
-                         name=f'remoteio-reconnect-{self._host}:{self._port}', daemon=True).start()
+                         name=f'remoteio-reconnect-{where}', daemon=True).start()
+
+    def _give_up(self, message):
+        """The connection is lost for good: tell every caller, and the main thread."""
+        self._fatal = message
+        self._online.set()        # wakes the calls waiting for a reconnection: they raise
+        if self._closing:
+            return
+        if self._interrupt_main:
+            interrupt.interrupt(RemoteIOConnectionError(message))
+        else:
+            log.error('%s', message)
 
     def _reconnect_loop(self, lost_at, reason):
-        delay = 0.2
-        log.warning('reconnecting to the remoteio server at %s:%s (%s)',
-                    self._host, self._port, reason)
-        while self._reconnect:
-            try:
-                connection = Connection(self._host, self._port, **self._connection_args)
-            except RemoteIOAuthError as exc:
-                log.error('cannot reconnect to %s:%s: %s', self._host, self._port, exc)
-                break
-            except RemoteIOConnectionError:
-                sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            old, self._connection = self._connection, connection
-            self._events.offset = connection.clock_offset
-            self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, connection.close)
-            old.close(graceful=False)
-            restored = [pin for pin in list(self.pins.values()) if pin._restore()]
-            log.warning('reconnected to the remoteio server at %s:%s after %.1f s; restored %d '
-                        'pins: %s', self._host, self._port, monotonic() - lost_at, len(restored),
-                        ', '.join(repr(pin) for pin in restored) or '-')
-            break
-        self._online.set()
+        where = f'{self._host}:{self._port}'
+        delay = 0.1
+        try:
+            while not self._closing:
+                remaining = lost_at + self._reconnect_timeout - monotonic()
+                if remaining <= 0:
+                    self._give_up(
+                        f'lost the connection to the remoteio server at {where} ({reason}) '
+                        f'and it did not come back within {self._reconnect_timeout:g} s. Set '
+                        f'REMOTEIO_RECONNECT_TIMEOUT (seconds) to wait longer for it, or '
+                        f'REMOTEIO_RECONNECT=0 to stop at once when the connection is lost')
+                    return
+                args = dict(self._connection_args)
+                args['connect_timeout'] = min(args['connect_timeout'], max(remaining, 0.1))
+                try:
+                    connection = Connection(self._host, self._port, **args)
+                except RemoteIOAuthError as exc:
+                    self._give_up(f'lost the connection to the remoteio server at {where} '
+                                  f'({reason}), and reconnecting failed: {exc}')
+                    return
+                except RemoteIOConnectionError:
+                    self._stopped.wait(min(delay, max(0.0, lost_at + self._reconnect_timeout
+                                                      - monotonic())))
+                    delay = min(delay * 2, 1.0)
+                    continue
+                if self._closing:
+                    connection.close(graceful=False)
+                    return
+                old, self._connection = self._connection, connection
+                self._events.offset = connection.clock_offset
+                self._finalizer.detach()
+                self._finalizer = weakref.finalize(self, connection.close)
+                self._finalizer.atexit = False
+                old.close(graceful=False)
+                restored = [pin for pin in list(self.pins.values()) if pin._restore()]
+                if connection.broken is not None:       # lost again while restoring
+                    lost_at, reason = monotonic(), connection.broken
+                    log.warning('lost the connection to the remoteio server at %s again (%s); '
+                                'reconnecting, for up to %g s', where, reason,
+                                self._reconnect_timeout)
+                    continue
+                log.warning('reconnected to the remoteio server at %s after %.1f s; restored '
+                            '%d pins: %s', where, monotonic() - lost_at, len(restored),
+                            ', '.join(repr(pin) for pin in restored) or '-')
+                return
+        finally:
+            self._online.set()
 
     def status(self, history=20):
         """The server's status (see ``remoteio status --json``) as a dict."""
-        return self._connection.request('status', history=history)
+        return self._live_connection().request('status', history=history)
 
     # PiFactory's contract ----------------------------------------------------
 
@@ -339,9 +445,16 @@ class RemoteIOFactory(PiFactory):
         return None
 
     def _pin_failed(self, gpio, exc):
+        # On the reader thread: an earlier posted request (a write) failed.
         pin = self._pin(gpio)
-        if pin is not None:
-            pin._failed(exc)
+        if pin is None or not pin._claimed or self._closing:
+            # a write that crossed the pin's release (e.g. from a thread still running)
+            log.debug('remoteio server %s:%s rejected a request on released GPIO%s: %s',
+                      self._host, self._port, gpio, exc)
+            return
+        log.warning('remoteio server %s:%s rejected an earlier request on %r: %s',
+                    self._host, self._port, pin, exc)
+        pin._failed(exc)
 
     def _deliver_event(self, gpio, ticks, state):
         # On the dispatcher thread (see events.py), so handlers may talk to the server.

@@ -166,17 +166,38 @@ class RemoteIOPin(PiPin):
             raise error
 
     def _request(self, op, **fields):
+        """
+        Send a request for this pin and return its reply. While the factory
+        reconnects, wait for it; a request cut off by the loss is asked again
+        on the new connection, once the pin has been restored there.
+        """
         self._raise_failure()
-        self.factory._wait_online()
-        return self.factory._connection.request(op, pin=self._gpio, **fields)
+        factory = self.factory
+        while True:
+            connection = factory._live_connection()
+            try:
+                return connection.request(op, pin=self._gpio, **fields)
+            except RemoteIOConnectionError:
+                if connection.broken is None:
+                    raise                       # no answer in time, or refused
+                if factory._recovering():
+                    continue
+                if factory._fatal is not None and not factory._closing:
+                    raise factory._lost_error() from None
+                raise
 
     def _post(self, op, **fields):
+        factory = self.factory
         try:
-            self.factory._connection.post(op, pin=self._gpio, **fields)
+            factory._connection.post(op, pin=self._gpio, **fields)
         except RemoteIOConnectionError:
-            if not self.factory.reconnecting:
-                raise
-            # Dropped: the reconnection restores the last state written.
+            if factory._recovering():
+                return      # dropped: the reconnection restores the last state written
+            if factory._fatal is not None and not factory._closing:
+                if isinstance(threading.current_thread(), GPIOThread):
+                    return  # a blink or source thread: the main thread is told, not it
+                raise factory._lost_error() from None
+            raise
 
     def _restore(self):
         """
@@ -186,6 +207,12 @@ class RemoteIOPin(PiPin):
         """
         if not self._claimed:
             return False
+        with self._claim_lock:     # not released meanwhile (a claim waiting here is not _claimed)
+            if not self._claimed:
+                return False
+            return self._restore_claimed()
+
+    def _restore_claimed(self):
         connection = self.factory._connection
         gpio = self._gpio
         try:
@@ -208,6 +235,8 @@ class RemoteIOPin(PiPin):
                         events = self.factory._events
                         events.put(gpio, clock() + events.offset, level)
         except Exception as exc:
+            if connection.broken is not None:
+                return False     # lost again: the reconnection goes on, and restores it then
             log.error('could not restore %r after reconnecting: %s', self, exc)
             self._lost(exc)
             return False
@@ -373,11 +402,20 @@ class RemoteIOPin(PiPin):
             fields['time_ms'] = time_ms
         if not active_high:
             fields['active_high'] = False
-        handle = self.factory._connection.task(pin=self._gpio, task=kind, **fields)
+        connection = self.factory._live_connection()
+        try:
+            # Not asked again if the connection is lost meanwhile: the task may have run.
+            handle = connection.task(pin=self._gpio, task=kind, **fields)
+        except RemoteIOConnectionError:
+            factory = self.factory
+            if connection.broken is not None and factory._fatal is not None \
+                    and not factory._closing:
+                raise factory._lost_error() from None
+            raise
         starts_pwm = kind in ('pulse', 'value') or fields.get('fade_in_ms') or fields.get('fade_out_ms')
         if starts_pwm and self._frequency is None:
             # the server starts PWM for these when the pin has none
-            self._frequency = self.factory._connection.request('read', pin=self._gpio)['frequency']
+            self._frequency = self._request('read')['frequency']
         return handle
 
     # Edges and events (detected on the server, pushed to us) ---------------

@@ -203,7 +203,9 @@ def test_unreachable_server_through_env_var(server):
 def test_server_killed_mid_script_raises_promptly(fresh_server):
     from remoteio_factory import RemoteIOConnectionError
     doomed = fresh_server()
-    factory = doomed.factory()
+    # Without reconnecting (by default the client waits for the server to come back);
+    # the main thread here is pytest's, so it is not interrupted.
+    factory = doomed.factory(reconnect=False, interrupt_main=False)
     led = LED(17, pin_factory=factory)
     led.on()
     doomed.stop(sig=9)
