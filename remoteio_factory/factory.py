@@ -165,6 +165,9 @@ class RemoteIOFactory(PiFactory):
         self._online.set()
         self._stopped = threading.Event()  # set by close(): ends the reconnect loop's waits
         self._fatal = None                 # why the connection is lost for good
+        self._reconnect_lock = threading.Lock()
+        self._reconnecting = False         # a reconnect loop runs
+        self._lost_again = None            # why the new connection was lost while restoring
         if interrupt_main:
             interrupt.prepare()
         self._connection_args = dict(
@@ -224,8 +227,9 @@ class RemoteIOFactory(PiFactory):
         """
         if self._closing or self._connection.closed:
             return
-        self._closing = True     # from now on its pins drop writes and refuse reads
-        self._reconnect = False
+        with self._reconnect_lock:   # a reconnection under way does not swap in a connection now
+            self._closing = True     # from now on its pins drop writes and refuse reads
+            self._reconnect = False
         self._stopped.set()
         pending = []
         for pin in list(self.pins.values()):
@@ -311,9 +315,13 @@ class RemoteIOFactory(PiFactory):
                 f'default) the client waits for the server to come back, up to '
                 f'REMOTEIO_RECONNECT_TIMEOUT seconds, and restores its pins')
             return
-        if not self._online.is_set():
-            return            # lost again while restoring: the reconnect loop goes on
-        self._online.clear()
+        with self._reconnect_lock:
+            if self._reconnecting:
+                self._lost_again = reason     # while restoring: the reconnect loop goes on
+                return
+            self._reconnecting = True
+            self._lost_again = None
+            self._online.clear()
         log.warning('lost the connection to the remoteio server at %s (%s); reconnecting, '
                     'for up to %g s (REMOTEIO_RECONNECT_TIMEOUT)', where, reason,
                     self._reconnect_timeout)
@@ -323,13 +331,14 @@ class RemoteIOFactory(PiFactory):
     def _give_up(self, message):
         """The connection is lost for good: tell every caller, and the main thread."""
         self._fatal = message
+        if not self._closing:
+            # The main thread first: if it is waiting in a call of ours, it gets the error
+            # once, from the signal or from the call (interrupt.delivered), not both.
+            if self._interrupt_main:
+                interrupt.interrupt(RemoteIOConnectionError(message))
+            else:
+                log.error('%s', message)
         self._online.set()        # wakes the calls waiting for a reconnection: they raise
-        if self._closing:
-            return
-        if self._interrupt_main:
-            interrupt.interrupt(RemoteIOConnectionError(message))
-        else:
-            log.error('%s', message)
 
     def _reconnect_loop(self, lost_at, reason):
         where = f'{self._host}:{self._port}'
@@ -357,18 +366,24 @@ class RemoteIOFactory(PiFactory):
                                                       - monotonic())))
                     delay = min(delay * 2, 1.0)
                     continue
-                if self._closing:
-                    connection.close(graceful=False)
-                    return
-                old, self._connection = self._connection, connection
-                self._events.offset = connection.clock_offset
-                self._finalizer.detach()
-                self._finalizer = weakref.finalize(self, connection.close)
-                self._finalizer.atexit = False
+                with self._reconnect_lock:
+                    if self._closing:
+                        connection.close(graceful=False)
+                        return
+                    old, self._connection = self._connection, connection
+                    self._events.offset = connection.clock_offset
+                    self._finalizer.detach()
+                    self._finalizer = weakref.finalize(self, connection.close)
+                    self._finalizer.atexit = False
                 old.close(graceful=False)
                 restored = [pin for pin in list(self.pins.values()) if pin._restore()]
-                if connection.broken is not None:       # lost again while restoring
-                    lost_at, reason = monotonic(), connection.broken
+                with self._reconnect_lock:
+                    again, self._lost_again = self._lost_again, None
+                    if again is None:
+                        self._reconnecting = False
+                        self._online.set()
+                if again is not None:          # lost again while restoring: start over
+                    lost_at, reason, delay = monotonic(), again, 0.1
                     log.warning('lost the connection to the remoteio server at %s again (%s); '
                                 'reconnecting, for up to %g s', where, reason,
                                 self._reconnect_timeout)
@@ -378,7 +393,9 @@ class RemoteIOFactory(PiFactory):
                             ', '.join(repr(pin) for pin in restored) or '-')
                 return
         finally:
-            self._online.set()
+            with self._reconnect_lock:
+                self._reconnecting = False
+                self._online.set()
 
     def status(self, history=20):
         """The server's status (see ``remoteio status --json``) as a dict."""

@@ -235,8 +235,8 @@ class RemoteIOPin(PiPin):
                         events = self.factory._events
                         events.put(gpio, clock() + events.offset, level)
         except Exception as exc:
-            if connection.broken is not None:
-                return False     # lost again: the reconnection goes on, and restores it then
+            if connection.broken is not None or connection.closed:
+                return False     # lost again (restored on the next connection), or closing
             log.error('could not restore %r after reconnecting: %s', self, exc)
             self._lost(exc)
             return False

@@ -9,7 +9,6 @@ remoteio server, ``PIGPIO_ADDR``).
 
 import http.server
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 from gpiozero import LED, Button, GPIODeviceClosed, GPIOPinInUse
 from gpiozero.exc import DeviceClosed
 
-from conftest import ServerProcess, run_script, wait_for
+from conftest import ServerProcess, run_script
 from remoteio_factory import LED as TimedLED
 from remoteio_factory import RemoteIOConnectionError, RemoteIOFactory, RemoteServer
 
@@ -120,7 +119,7 @@ def test_a_pin_used_after_its_device_closed_raises_and_stays_free(server, factor
     with pytest.raises(GPIODeviceClosed, match='closed'):
         pin.state = 1
     with pytest.raises(GPIODeviceClosed):
-        pin.state
+        _ = pin.state
     with pytest.raises(GPIODeviceClosed):
         pin.function = 'output'
     with pytest.raises(DeviceClosed):

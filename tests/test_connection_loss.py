@@ -100,6 +100,50 @@ def test_without_reconnecting_a_loss_ends_the_script_at_once(fresh_server):
     assert f'127.0.0.1:{server.port}' in last and 'REMOTEIO_RECONNECT' in last, last
 
 
+def test_a_main_thread_waiting_in_a_call_gets_the_error_once(fresh_server):
+    server = fresh_server()
+    script = start_script(server, """
+        import threading
+        from gpiozero import Button
+        from remoteio_factory import RemoteIOConnectionError
+        button = Button(27)
+        print('ready', flush=True)
+        try:
+            while True:
+                button.value                      # the main thread waits in calls of ours
+        except RemoteIOConnectionError as exc:
+            print('caught', flush=True)
+        threading.Event().wait(1)                 # a second error would end this early
+        print('no second error', flush=True)
+    """, env=server.env(REMOTEIO_RECONNECT_TIMEOUT=str(BOUND)))
+    server.stop(sig=signal.SIGKILL)
+    returncode, stdout, stderr = finish(script, BOUND + 20)
+    assert stdout.split('\n')[:2] == ['caught', 'no second error'], (stdout, stderr)
+    assert returncode == 0 and 'Traceback' not in stderr, stderr
+
+
+def test_calls_waiting_for_the_connection_raise_at_the_bound(fresh_server):
+    from gpiozero import LED
+    from remoteio_factory import RemoteIOConnectionError
+    server = fresh_server()
+    # In this process: interrupt_main=False leaves pytest's main thread alone.
+    factory = server.factory(reconnect_timeout=1, interrupt_main=False)
+    try:
+        led = LED(17, pin_factory=factory)
+        led.on()
+        server.stop(sig=signal.SIGKILL)
+        wait_for(lambda: factory.reconnecting, 5, message='the factory to notice')
+        started = time.monotonic()
+        led.on()                                  # a write in the gap: dropped, no error
+        with pytest.raises(RemoteIOConnectionError, match='did not come back within 1 s'):
+            _ = led.value                         # waits for the reconnection, then gives up
+        assert 0.2 < time.monotonic() - started < 6
+        with pytest.raises(RemoteIOConnectionError, match='REMOTEIO_RECONNECT_TIMEOUT'):
+            led.off()                             # and every later call raises it too
+    finally:
+        factory.close()
+
+
 RESTORED_SCRIPT = """
     import sys, threading
     from gpiozero import LED, PWMLED, Button
