@@ -276,6 +276,14 @@ def test_a_port_that_is_not_a_number_is_named(server):
     assert 'Traceback' not in status.stderr
 
 
+def test_a_timeout_that_is_not_a_number_is_named(server):
+    for name in ('REMOTEIO_RECONNECT_TIMEOUT', 'REMOTEIO_TIMEOUT'):
+        result = run_script(server, 'from gpiozero import LED\nLED(17)\n', check=False,
+                            env=dict(server.env(), **{name: 'soon'}))
+        assert result.returncode != 0
+        assert f"{name}='soon'" in result.stderr.strip().splitlines()[-1], result.stderr
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
