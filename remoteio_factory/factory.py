@@ -225,12 +225,13 @@ class RemoteIOFactory(PiFactory):
         all (one wait, at most the request timeout, for all of them), and close
         the connection. Never raises, never hangs.
         """
-        if self._closing or self._connection.closed:
-            return
         with self._reconnect_lock:   # a reconnection under way does not swap in a connection now
+            if self._closing or self._connection.closed:
+                return
             self._closing = True     # from now on its pins drop writes and refuse reads
             self._reconnect = False
         self._stopped.set()
+        self._online.set()           # nobody waits for a reconnection any more
         pending = []
         for pin in list(self.pins.values()):
             release = pin._start_close()       # every release is sent before any wait
@@ -240,7 +241,6 @@ class RemoteIOFactory(PiFactory):
         self._await_releases(pending)
         self._finalizer()
         self._events.close()
-        self._online.set()       # nobody waits for a reconnection any more
 
     def _await_releases(self, pending):
         """
