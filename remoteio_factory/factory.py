@@ -10,6 +10,10 @@ revision (so every gpiozero pin name resolves against the *remote* board),
 its backend and what the backend can do. Reserving a pin for a device claims
 it on the server, so two clients cannot drive one pin; releasing the last
 reservation releases it there.
+
+When the connection is lost the factory reconnects (by default) and restores
+its pins; if the server does not come back within the bound, the loss is
+fatal: calls raise it, and so does the main thread (:mod:`.interrupt`).
 """
 
 import atexit

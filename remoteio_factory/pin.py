@@ -15,7 +15,15 @@ the error is raised by the pin's next call that waits.
 A pin is claimed on the server when a device reserves it (or on first use,
 for code that opens pins with ``factory.pin()`` directly) and released when
 it is closed: the server then stops its PWM and returns it to an input, as
-gpiozero does when it closes a pin.
+gpiozero does when it closes a pin, and ``close()`` returns once it has. A
+closed pin raises ``GPIODeviceClosed`` when used, until a new device (or
+``factory.pin()``) asks for it again.
+
+While the factory reconnects after a lost connection, calls that need an
+answer wait for it (and a request cut off by the loss is asked again), and
+writes are dropped (the reconnection restores the last one). Once the loss
+is fatal, calls raise it; gpiozero's own background threads end quietly
+instead (the main thread is told).
 """
 
 import logging
