@@ -73,6 +73,13 @@ REFUSAL_TIMEOUT = 5.0
 #: socket; a client whose queue would pass this is dropped (one message is
 #: always queued, however large).
 OUTBOX_LIMIT = 4 << 20
+#: A session's thread takes no further request while more than OUTBOX_HIGH bytes of
+#: its replies wait, until they are down to OUTBOX_LOW: a client that does not read
+#: costs the server no more work (only its pins' pushes can fill OUTBOX_LIMIT).
+OUTBOX_HIGH = 1 << 20
+OUTBOX_LOW = 256 << 10
+#: Status requests gathered from the pins' workers at the same time, server-wide.
+STATUS_AT_ONCE = 2
 #: Bytes read from one connection, and written to it, per turn of the loop.
 READ_CHUNK = 65536
 WRITE_BUDGET = 256 << 10
@@ -104,6 +111,11 @@ _EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EAGAIN,
                      getattr(errno, 'ENONET', errno.ECONNABORTED), errno.EHOSTUNREACH,
                      errno.ENETUNREACH, errno.ENETDOWN, errno.EOPNOTSUPP, errno.ETIMEDOUT}
+
+
+# Linux: getsockopt(TCP_INFO) starts with the connection's state; TCP_CLOSE once reset
+_TCP_INFO = getattr(socket, 'TCP_INFO', None)
+_TCP_CLOSE = 7
 
 
 class ListenError(OSError):
@@ -151,6 +163,8 @@ class Channel:
         self._tls_wants_write = False  # a TLS read needs the socket writable
         # The outbox, shared with the threads that post
         self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._draining = 0             # session threads waiting for the queue to drain
         self._out = deque()
         self._offset = 0               # bytes of _out[0] already sent
         self.queued = 0                # bytes in the outbox
@@ -170,6 +184,7 @@ class Channel:
                 self.overflowed = True
                 self._out.clear()
                 self._offset = self.queued = 0
+                self._drained.notify_all()
                 poke = True
             else:
                 poke = not self.queued
@@ -179,6 +194,41 @@ class Channel:
                 self.queued += len(data)
         if poke:
             self.server.poke(self)
+
+    def wait_drained(self):
+        """
+        Back-pressure, for the session's thread before each request: while more
+        than OUTBOX_HIGH bytes of replies wait, wait until they are down to
+        OUTBOX_LOW, or the connection is gone (a client that takes none of them
+        is dropped after the send timeout, which ends the wait).
+        """
+        if self.queued < OUTBOX_HIGH:
+            return
+        with self._drained:
+            self._draining += 1
+            try:
+                while not (self.queued < OUTBOX_LOW or self.closed or self.overflowed):
+                    self._drained.wait(1.0)
+            finally:
+                self._draining -= 1
+
+    def peer_gone(self):
+        """
+        True once nobody can read what would be sent: the connection is closed,
+        dropped, or the peer closed it altogether (after its end of the stream,
+        TCP says the connection is closed: the peer answered our data with a
+        reset). A peer that only half-closed (it still reads) is not gone.
+        """
+        with self._lock:               # close() takes it before closing the socket
+            if self.closed or self.overflowed:
+                return True
+            if not self.eof or _TCP_INFO is None:
+                return False
+            try:
+                state = self.sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)[0]
+            except (OSError, ValueError, IndexError):
+                return False
+        return state == _TCP_CLOSE
 
     def finish(self):
         """The session is over: send what is queued, then close (the loop does it)."""
@@ -319,6 +369,8 @@ class Channel:
             with self._lock:
                 self._consume(sent)
                 self.stalled_since = time.monotonic() if self.queued else None
+                if self._draining and self.queued < OUTBOX_LOW:
+                    self._drained.notify_all()
             budget -= sent
             if sent < len(chunk):
                 return                       # the socket's buffer is full
@@ -397,6 +449,7 @@ class Channel:
             self.closed = True
             self._out.clear()
             self._offset = self.queued = 0
+            self._drained.notify_all()
         self.server.forget(self)
         try:
             self.sock.close()
@@ -456,6 +509,47 @@ def _earliest(a, b):
     return b if a is None or b < a else a
 
 
+class _Turns:
+    """
+    At most *permits* threads inside at once, let in in the order they asked
+    (first come, first served: threading.Lock and Semaphore are not fair). A
+    waiting thread may give up (its client is gone) without taking a turn.
+    """
+
+    def __init__(self, permits=1):
+        self._changed = threading.Condition(threading.Lock())
+        self._permits = permits
+        self._inside = 0
+        self._queue = deque()
+
+    def acquire(self, give_up=None, poll=0.1):
+        """Wait for a turn; False if *give_up*() became true first (then no turn is held)."""
+        me = object()
+        with self._changed:
+            self._queue.append(me)
+            while not (self._inside < self._permits and self._queue[0] is me):
+                if give_up is not None and give_up():
+                    self._queue.remove(me)
+                    self._changed.notify_all()
+                    return False
+                self._changed.wait(poll if give_up is not None else None)
+            self._queue.popleft()
+            self._inside += 1
+            self._changed.notify_all()      # the next one may fit too
+            return True
+
+    def release(self):
+        with self._changed:
+            self._inside -= 1
+            self._changed.notify_all()
+
+    def __enter__(self):
+        self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
 class Server:
     """A remoteio server; see the module docstring and :func:`run_server`."""
 
@@ -502,7 +596,8 @@ class Server:
         self._refusing = 0
         self._next_session = 1
         self._lock = threading.Lock()
-        self._status_lock = threading.Lock()
+        self._status_turns = _Turns(STATUS_AT_ONCE)   # statuses gathered at once
+        self._encode_turns = _Turns()                 # ... and encoded, one at a time
         self._listener = None
         self._stopping = threading.Event()
         self.started = None
@@ -873,6 +968,10 @@ class Server:
                 self.sessions[session.id] = session
             log.debug('client %s connected', session.describe())
             self._schedule(now + min(FIRST_LINE_TIMEOUT, self.lease or FIRST_LINE_TIMEOUT))
+            if self.tls is None:
+                # Its hello is usually there already: take it now, before accepting the
+                # next, so that a burst of connections is not counted as pending at once.
+                channel.read()
         self._schedule(channel.finish_by)
         channel.service()
 
@@ -983,22 +1082,33 @@ class Server:
             'pins': pins,
         }
 
-    def status_reply(self, id, history):
+    def status_reply(self, id, history, session=None):
         """
-        The status reply to request *id*, encoded. The pins are encoded one by
-        one, and one status at a time server-wide: a flood of large status
-        requests costs other clients no more than one does.
+        The status reply to request *id*, encoded, or None if *session* is
+        gone meanwhile (nobody would read it). Statuses are gathered from the
+        pins' workers STATUS_AT_ONCE at a time and encoded (pin by pin) one at a
+        time, server-wide, in turns, first come first served: a flood of large
+        status requests, even from connections opened one after another, costs
+        the workers and other clients no more than a few do, and a connection
+        gone while it waited for its turn costs nothing.
         """
-        status = self.status(history)
-        pins = status.pop('pins')
-        with self._status_lock:
-            head = protocol.encode(dict({'id': id, 'ok': True}, **status))
-            parts = [head[:-2], b',"pins":[']
-            for index, pin in enumerate(pins):
-                if index:
-                    parts.append(b',')
-                parts.append(protocol.encode(pin)[:-1])
-            parts.append(b']}\n')
+        if not self._status_turns.acquire(None if session is None else lambda: session.gone):
+            return None
+        try:
+            if session is not None and session.gone:
+                return None
+            status = self.status(history)
+            pins = status.pop('pins')
+            with self._encode_turns:
+                head = protocol.encode(dict({'id': id, 'ok': True}, **status))
+                parts = [head[:-2], b',"pins":[']
+                for index, pin in enumerate(pins):
+                    if index:
+                        parts.append(b',')
+                    parts.append(protocol.encode(pin)[:-1])
+                parts.append(b']}\n')
+        finally:
+            self._status_turns.release()
         return b''.join(parts)
 
     # Stopping ------------------------------------------------------------------

@@ -234,6 +234,13 @@ class Session:
             self.close(reason)
 
     @property
+    def gone(self):
+        """True once the connection is dropped or broken: its replies would go nowhere."""
+        if not self._dropping and self.channel.peer_gone():
+            self._dropping = True          # nothing more is carried out for nobody
+        return self._dropping
+
+    @property
     def idle(self):
         """True while the handler has nothing to do (the lease runs only then)."""
         return not self.busy and not self._inbox
@@ -296,6 +303,10 @@ class Session:
                 for item in items:
                     if self._dropping and not isinstance(item, _End):
                         continue
+                    if not isinstance(item, _End):
+                        self.channel.wait_drained()   # a client that reads slowly waits
+                        if self.gone:
+                            continue
                     if isinstance(item, _End):
                         if item.reply is not None:
                             self._too_large(item.reply)
@@ -553,7 +564,9 @@ class Session:
     def on_status(self, id, message):
         history = protocol.get_count(message, 'history', 20, 1000)
         self.wait_caught_up()      # the status shows what this connection has sent
-        self.channel.post(self.server.status_reply(id, history))
+        reply = self.server.status_reply(id, history, self)
+        if reply is not None:
+            self.channel.post(reply)
 
     def on_bye(self, id, message):
         self.wait_caught_up()
