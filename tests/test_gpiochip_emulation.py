@@ -108,6 +108,7 @@ def pi():
 def _env(pi, extra=None):
     env = pi.env()
     env['EMU_CHIP'] = str(pi.chip)
+    env['LG_WD'] = pi.directory        # lgpio's notification FIFOs: not in the tests' directory
     env.update(extra or {})
     return env
 

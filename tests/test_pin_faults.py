@@ -227,11 +227,13 @@ def test_status_floods_do_not_disturb_a_bystanders_timing(server):
         wait_for(lambda: len(polls) >= 8, message='the status floods to start')
         assert pin.on(time_ms=100).wait(10) == 'completed'
         assert pin.blink(arg1=0.02, arg2=0.02, n=10).wait(10) == 'completed'
+        history = server.pin(20, history=1000)['history']
     finally:
         stop.set()
         for poller in pollers:
             poller.join(30)
-    history = server.pin(20, history=1000)['history']
+        remote.close()
+        server.wait_free(20)
     changes = [(e['t'], e['state']) for e in history if 'state' in e]
     # the last 21 changes: the impulse's rise, then ten 20 ms blinks (rise and fall each)
     tail = changes[-22:]
@@ -243,5 +245,3 @@ def test_status_floods_do_not_disturb_a_bystanders_timing(server):
     for k, t in enumerate(rises):
         assert abs(t - rises[0] - k * 0.040) < TOLERANCE, (k, t - rises[0])
     assert len(polls) >= 8
-    remote.close()
-    server.wait_free(20)
