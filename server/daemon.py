@@ -87,6 +87,8 @@ WRITE_BUDGET = 256 << 10
 TLS_CHUNK = 64 << 10
 #: A connection being closed gets this long to take its last messages.
 CLOSE_FLUSH = 1.0
+#: Connections accepted per turn of the loop (then the others' input is read).
+ACCEPT_BATCH = 8
 #: Accept, back off after running out of file descriptors (or memory): the first
 #: pause, and the longest.
 ACCEPT_BACKOFF = (0.05, 1.0)
@@ -871,7 +873,7 @@ class Server:
     # Accepting -----------------------------------------------------------------
 
     def _on_acceptable(self, mask):
-        for _ in range(64):
+        for _ in range(ACCEPT_BATCH):
             try:
                 sock, address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -926,6 +928,8 @@ class Server:
         refusal = self.access.admit(address[0]) if isinstance(address, tuple) else None
         if refusal is None and self._stopping.is_set():
             refusal = 'the server is shutting down'
+        if refusal is None and self._pending >= self.max_pending:
+            self._sweep_pending()
         with self._lock:
             if refusal is None and self._admitted >= self.max_clients:
                 refusal = f'the server has its maximum of {self.max_clients} clients'
@@ -974,6 +978,22 @@ class Server:
                 channel.read()
         self._schedule(channel.finish_by)
         channel.service()
+
+    def _sweep_pending(self):
+        """
+        Before refusing a connection because too many are pending: read what
+        the pending ones have sent meanwhile (a hello that admits them, the end
+        of those already gone), so that only those really waiting count.
+        """
+        for channel in list(self._channels):
+            session = channel.session
+            if (session is not None and not session.admitted and not channel.closed
+                    and not channel.eof and not channel.handshake):
+                try:
+                    channel.read()
+                    channel.service()
+                except Exception:
+                    self._failed(channel.ready)
 
     # Admission (called by sessions) ----------------------------------------------
 

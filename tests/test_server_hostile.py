@@ -26,10 +26,14 @@ TOKEN = 'a token for hostile tests, 0123'
 #: docs/protocol.md §1.4: the first complete line within 5 s, hello (+ auth) within 10 s.
 FIRST_LINE_TIMEOUT = 5.0
 ADMIT_TIMEOUT = 10.0
-#: docs/protocol.md §1.6: how long other clients' traffic may delay the answer to a
-#: heartbeat (a request that waits for nothing), and a status (which waits for the pins).
+#: docs/protocol.md §1.7: how long other clients' traffic may delay the answer to a
+#: heartbeat (a request that waits for nothing), and a status (which waits for the pins);
+#: under a flood of status requests, 99 % of the heartbeats within FLOOD_P99, the
+#: median within FLOOD_MEDIAN, every one within STATUS_BOUND.
 FAIRNESS_BOUND = 0.25
 STATUS_BOUND = 1.0
+FLOOD_P99 = 0.1
+FLOOD_MEDIAN = 0.025
 
 
 class Raw:
@@ -458,8 +462,8 @@ FLOODERS = """
 
 def test_status_floods_do_not_delay_a_bystanders_heartbeat(servers):
     """Sixteen clients asking for every pin's 1000-entry history as fast as they can
-    (in a process of their own): a bystander's heartbeat is answered within the
-    fairness bound."""
+    (in a process of their own): a bystander's heartbeats are answered within the
+    bounds (median, 99th percentile, every one)."""
     server = servers()
     fill_histories(server, range(4, 24))
     flooders = start_script(server, FLOODERS)
@@ -477,11 +481,11 @@ def test_status_floods_do_not_delay_a_bystanders_heartbeat(servers):
         flooders.kill()
         flooders.wait()
     samples.sort()
-    median = samples[len(samples) // 2]
-    print(f'heartbeat under a status flood: median {samples[len(samples) // 2] * 1000:.1f} ms, '
-          f'p99 {samples[len(samples) * 99 // 100] * 1000:.1f} ms, '
-          f'max {samples[-1] * 1000:.1f} ms over {len(samples)}')
-    assert samples[-1] < FAIRNESS_BOUND and median < FAIRNESS_BOUND / 10, (median, samples[-1])
+    median, p99 = samples[len(samples) // 2], samples[len(samples) * 99 // 100]
+    print(f'heartbeat under a status flood: median {median * 1000:.1f} ms, '
+          f'p99 {p99 * 1000:.1f} ms, max {samples[-1] * 1000:.1f} ms over {len(samples)}')
+    assert median < FLOOD_MEDIAN and p99 < FLOOD_P99 and samples[-1] < STATUS_BOUND, \
+        (median, p99, samples[-1])
     bystander.close()
 
 
