@@ -214,17 +214,18 @@ class Channel:
             finally:
                 self._draining -= 1
 
-    def peer_gone(self):
+    def peer_gone(self, probe=False):
         """
         True once nobody can read what would be sent: the connection is closed,
-        dropped, or the peer closed it altogether (after its end of the stream,
-        TCP says the connection is closed: the peer answered our data with a
-        reset). A peer that only half-closed (it still reads) is not gone.
+        dropped, or the peer closed it altogether (TCP says the connection is
+        closed: the peer answered our data with a reset). A peer that only
+        half-closed (it still reads) is not gone. TCP is asked once the peer's
+        end of the stream was read, or with *probe* (a syscall: before costly work).
         """
         with self._lock:               # close() takes it before closing the socket
             if self.closed or self.overflowed:
                 return True
-            if not self.eof or _TCP_INFO is None:
+            if not (self.eof or probe) or _TCP_INFO is None:
                 return False
             try:
                 state = self.sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)[0]
@@ -1112,10 +1113,12 @@ class Server:
         the workers and other clients no more than a few do, and a connection
         gone while it waited for its turn costs nothing.
         """
+        if session is not None and session.is_gone(probe=True):
+            return None
         if not self._status_turns.acquire(None if session is None else lambda: session.gone):
             return None
         try:
-            if session is not None and session.gone:
+            if session is not None and session.is_gone(probe=True):
                 return None
             status = self.status(history)
             pins = status.pop('pins')

@@ -236,7 +236,11 @@ class Session:
     @property
     def gone(self):
         """True once the connection is dropped or broken: its replies would go nowhere."""
-        if not self._dropping and self.channel.peer_gone():
+        return self.is_gone()
+
+    def is_gone(self, probe=False):
+        """:attr:`gone`; with *probe*, TCP is asked even before the client's end was read."""
+        if not self._dropping and self.channel.peer_gone(probe):
             self._dropping = True          # nothing more is carried out for nobody
         return self._dropping
 
