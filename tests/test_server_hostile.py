@@ -564,6 +564,23 @@ def ipv6_loopback():
         return False
 
 
+def test_a_port_in_use_is_a_clear_listen_error():
+    """'cannot listen' is said when listening fails, and only then (not for EMFILE later)."""
+    import subprocess
+    import sys
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, '-m', 'remoteio_server', '--backend', 'mock', '--host', '127.0.0.1',
+             '--port', str(port)], capture_output=True, text=True, timeout=60,
+            env=dict(os.environ, GPIOZERO_PIN_FACTORY='remoteio'))
+    assert result.returncode == 1, result
+    assert f'cannot listen on 127.0.0.1:{port}: Address already in use' in result.stderr, \
+        result.stderr
+
+
 def test_host_any_ipv6_serves_ipv4_and_ipv6(servers):
     if not ipv6_loopback():
         pytest.skip('no IPv6 loopback here')
