@@ -139,7 +139,7 @@ class Channel:
     The network side of one accepted connection. Everything here runs on the
     server's loop thread, except :meth:`post`, :meth:`finish` and
     :meth:`resume`, which any thread may call: they only queue and wake the
-    loop (no lock is held across a socket call).
+    loop (no lock is ever held across a send).
     """
 
     def __init__(self, server, sock, peer, now, tls):
