@@ -19,7 +19,7 @@ and ``pulse``, run as one task on the server: one message per task, not one
 per edge, and the timing does not depend on the network. Without a time,
 ``on``/``off``/``value`` are plain gpiozero writes. On any other pin factory
 (MockFactory, lgpio, …) the same calls behave the same, timed on this
-machine by the same rules (:mod:`remoteio_server.tasks`), so a script can be
+machine by the same rules (:mod:`remoteio_factory.tasks`), so a script can be
 tested without a server.
 
 One difference follows from the server's mode: in ``wait`` mode a timed task
@@ -34,6 +34,7 @@ import gpiozero
 from gpiozero.threads import GPIOThread
 
 from remoteio_factory.pin import RemoteIOPin
+from remoteio_factory.tasks import Task
 
 
 def _ms(seconds):
@@ -57,11 +58,6 @@ class _ServerTimed:
             if not background:
                 handle.wait()
             return handle
-        # Imported here, not at the top: importing remoteio_server loads the whole
-        # server (daemon, spawner, pin worker: Linux code), which a client, on Windows
-        # and macOS too, needs only to time a task on a local pin factory. The timing
-        # rules themselves (remoteio_server.tasks) are plain Python.
-        from remoteio_server.tasks import Task
         task = Task(kind, duration=(time_ms or 0) / 1000 or None,
                     level=1.0 if level is None else level, on_time=on_time, off_time=off_time,
                     fade_in=fade_in_time, fade_out=fade_out_time, n=n)

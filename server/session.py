@@ -32,9 +32,9 @@ from collections import deque
 
 from remoteio_factory import protocol
 from remoteio_factory.protocol import MODES, ProtocolError, error_reply, encode
-from remoteio_server.tasks import KINDS as TASK_KINDS
+from remoteio_factory.tasks import KINDS as TASK_KINDS
 from remoteio_server.registry import worker_died
-from remoteio_server.tasks import Task
+from remoteio_factory.tasks import Task
 
 log = logging.getLogger('remoteio_server.session')
 

@@ -50,7 +50,7 @@ from gpiozero.exc import PinPWMFixedValue, PinPWMUnsupported, PinSetInput
 
 from remoteio_factory.protocol import CODE_FOR_EXCEPTION
 from remoteio_server.backends import BUILD_AT_CLAIM, CAPABILITIES, build_factory
-from remoteio_server.tasks import Task
+from remoteio_factory.tasks import Task
 
 # Preloaded by the spawner so that every worker starts with gpiozero imported.
 import gpiozero  # noqa: F401

@@ -307,3 +307,19 @@ def test_a_client_on_a_stand_in_platform_drives_a_real_server(server, tls_server
     assert 0 <= result['active_time'] < 5
     if tls_server:
         assert result['tls_led'] == 1
+
+
+def test_the_client_never_imports_the_server():
+    """One direction only: the server uses the client's protocol and tasks, never the reverse."""
+    import ast
+    found = []
+    for name in sorted(os.listdir(CLIENT)):
+        if name.endswith('.py'):
+            with open(os.path.join(CLIENT, name), encoding='utf-8') as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                modules = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                           [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
+                found += [f'{name}:{node.lineno}: {m}' for m in modules
+                          if m.split('.')[0] == 'remoteio_server']
+    assert found == []

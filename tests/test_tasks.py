@@ -2,7 +2,7 @@
 
 import pytest
 
-from remoteio_server.tasks import PULSE_FPS, Task
+from remoteio_factory.tasks import PULSE_FPS, Task
 
 
 def levels(task, until, step=0.001):
