@@ -28,6 +28,9 @@ INTERNAL_TIMEOUT = 10.0
 #: backend (pigpio connects when a pin is claimed): less than a client's default
 #: timeout (10 s), so the client hears why rather than timing out.
 CLAIM_TIMEOUT = 8.0
+#: How long a status request waits for its turn to send to a pin's worker, when
+#: another send to that worker is blocked (a worker that stopped reading).
+SNAPSHOT_SEND_WAIT = 0.2
 
 
 def worker_died(gpio, message='ended unexpectedly'):
@@ -115,7 +118,17 @@ class ClaimedPin:
         # Sent outside self._lock: a send may block until the worker reads, and
         # the worker may first have to hand its answers to our reader, which
         # needs self._lock.
-        with self._send_lock:
+        if op == 'snapshot' and not self._send_lock.acquire(timeout=SNAPSHOT_SEND_WAIT):
+            # Another send is stuck on a worker that stopped reading (it will be ended
+            # when that send times out): a status must not wait for it.
+            with self._lock:
+                self._pending.pop(seq, None)
+            route.finish(None, {'code': 'timeout', 'type': 'RemoteIOError',
+                                'message': f'the worker of GPIO{self.gpio} is not reading'})
+            return
+        elif op != 'snapshot':
+            self._send_lock.acquire()
+        try:
             try:
                 self.worker.conn.send_bytes(pack([seq, op, args, request_id]))
             except OSError as exc:
@@ -126,6 +139,8 @@ class ClaimedPin:
                 log.log(logging.ERROR if self.status == 'claimed' else logging.DEBUG,
                         'GPIO%d: cannot reach its worker (%s); ending it', self.gpio, exc)
                 self.worker.terminate()
+        finally:
+            self._send_lock.release()
 
     def sync(self, timeout=INTERNAL_TIMEOUT):
         """Wait until the worker has taken every write sent before."""
@@ -236,11 +251,18 @@ class ClaimedPin:
 
 
 class NoReply:
-    """Where the answer goes when nobody waits for it."""
+    """Where the answer goes when nobody waits for it (a failure is logged)."""
 
     def finish(self, result, error):
         if error is not None:
             log.warning('%s', error.get('message'))
+
+
+class Ignored:
+    """Where the answer goes when nobody cares (a halt at shutdown: the pin's end is its answer)."""
+
+    def finish(self, result, error):
+        pass
 
 
 class Registry:
@@ -366,7 +388,7 @@ class Registry:
             self.closing = True
             pins = [p for p in self._claimed.values() if p.status in ('claimed', 'releasing')]
         for pin in pins:
-            pin.forward('halt', {}, NoReply())
+            pin.forward('halt', {}, Ignored())
             pin.release()
 
     def kill_all(self):

@@ -575,11 +575,14 @@ class PinWorker:
                 timeout = self.deadline - time.monotonic()
                 if timeout > 0:
                     select.select([fd], [], [], timeout)
-            while not self.released and conn.poll():
-                self.handle(conn.recv_bytes())
-                # a flood of messages (drives, reads, status) must not hold up a deadline
+            while not self.released:
+                # a flood of messages (drives, reads, status) must not hold up a deadline:
+                # what is due is done before the next message is taken
                 if self.deadline is not None and time.monotonic() >= self.deadline:
                     self.advance(time.monotonic())
+                if not conn.poll():
+                    break
+                self.handle(conn.recv_bytes())
             self.advance(time.monotonic())
 
 

@@ -39,6 +39,7 @@ CHURN = """
     import sys
     from gpiozero import LED
     from gpiozero.exc import GPIOPinInUse
+    from time import sleep
     gpios = [int(g) for g in sys.argv[1:]]
     while True:
         for gpio in gpios:
@@ -48,6 +49,7 @@ CHURN = """
                 continue
             led.on()
             led.close()
+            sleep(0.005)     # churn hard, but leave the machine's two cores to the server
 """
 
 DIE = """
