@@ -195,3 +195,23 @@ def transitions(pin_entry, key='state'):
     return [(e['t'], e[key]) for e in pin_entry['history'] if key in e]
 
 
+def scratch_root(prefix):
+    """
+    A minimal target system for ``remoteio-server setup --root``: etc/passwd,
+    group, shadow and gshadow with root only. Made with mkdtemp in the temporary
+    directory (0755), not pytest's tmp_path, whose parent is 0700: tests read
+    files in it as other uids. The caller removes it.
+    """
+    import tempfile
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(path, 0o755)
+    etc = os.path.join(path, 'etc')
+    os.mkdir(etc, 0o755)
+    for name, text, mode in (('passwd', 'root:x:0:0:root:/root:/bin/bash\n', 0o644),
+                             ('group', 'root:x:0:\n', 0o644),
+                             ('shadow', 'root:*:19000:0:99999:7:::\n', 0o640),
+                             ('gshadow', 'root:*::\n', 0o640)):
+        with open(os.path.join(etc, name), 'w') as f:
+            f.write(text)
+        os.chmod(os.path.join(etc, name), mode)
+    return path

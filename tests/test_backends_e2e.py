@@ -17,7 +17,7 @@ import threading
 import pytest
 from gpiozero import LED, Button, PWMLED
 
-from conftest import states, transitions, wait_for
+from conftest import transitions, wait_for
 from remoteio_factory import LED as TimedLED
 from rigs import BACKENDS, ChipRig, MockRig, PigpioRig, start_rig
 

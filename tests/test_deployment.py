@@ -26,7 +26,7 @@ import tempfile
 
 import pytest
 
-from conftest import READY, ServerProcess, start_script, wait_for
+from conftest import READY, ServerProcess, scratch_root, start_script, wait_for
 
 SBIN = os.environ.get('PATH', '') + ':/usr/local/sbin:/usr/sbin:/sbin'
 
@@ -98,17 +98,8 @@ def installation():
     venv, python = _interpreter_for_others()
     if python is None:
         pytest.skip('no Python here that an unprivileged user may run with this checkout')
-    root = tempfile.mkdtemp(prefix='remoteio-root-')
-    os.chmod(root, 0o755)
+    root = scratch_root('remoteio-root-')
     etc = os.path.join(root, 'etc')
-    os.mkdir(etc, 0o755)
-    for name, text, mode in (('passwd', 'root:x:0:0:root:/root:/bin/bash\n', 0o644),
-                             ('group', 'root:x:0:\n', 0o644),
-                             ('shadow', 'root:*:19000:0:99999:7:::\n', 0o640),
-                             ('gshadow', 'root:*::\n', 0o640)):
-        with open(os.path.join(etc, name), 'w') as f:
-            f.write(text)
-        os.chmod(os.path.join(etc, name), mode)
     result = subprocess.run([python, '-m', 'remoteio_server', 'setup', '--root', root],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

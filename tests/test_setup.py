@@ -18,6 +18,7 @@ import tempfile
 
 import pytest
 
+from conftest import scratch_root
 from remoteio_server import cli
 from remoteio_server import setup as remoteio_setup
 
@@ -36,20 +37,8 @@ needs_root = pytest.mark.skipif(
 
 @pytest.fixture
 def root():
-    """A minimal target system: etc/passwd, group, shadow, gshadow with root only.
-    Made with mkdtemp in /tmp (0755), not pytest's tmp_path, whose parent is
-    0700: the tests below read files in it as other uids."""
-    path = tempfile.mkdtemp(prefix='remoteio-setup-')
-    os.chmod(path, 0o755)
-    etc = os.path.join(path, 'etc')
-    os.mkdir(etc, 0o755)
-    for name, text, mode in (('passwd', 'root:x:0:0:root:/root:/bin/bash\n', 0o644),
-                             ('group', 'root:x:0:\n', 0o644),
-                             ('shadow', 'root:*:19000:0:99999:7:::\n', 0o640),
-                             ('gshadow', 'root:*::\n', 0o640)):
-        with open(os.path.join(etc, name), 'w') as f:
-            f.write(text)
-        os.chmod(os.path.join(etc, name), mode)
+    """A minimal target system (conftest.scratch_root)."""
+    path = scratch_root('remoteio-setup-')
     yield path
     shutil.rmtree(path)
 
