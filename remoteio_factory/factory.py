@@ -36,6 +36,7 @@ from remoteio_factory.connection import (
 from remoteio_factory.events import EventDispatcher
 from remoteio_factory.exc import RemoteIOAuthError, RemoteIOConnectionError, exception_for
 from remoteio_factory.pin import RemoteIOPin
+from remoteio_factory.spi import RemoteIOSPI, RemoteIOSPIShared
 from remoteio_factory.transport import client_context
 
 
@@ -156,6 +157,7 @@ class RemoteIOFactory(PiFactory):
         self._host = host
         self._port = settings.env_port() if port is None else settings.port_number(port)
         self.pin_class = RemoteIOPin
+        self._spi_buses = weakref.WeakSet()   # open SPI interfaces (remoteio_factory.spi)
         self._closing = False
         self._reconnect_source = 'reconnect=False'
         if reconnect is None:
@@ -242,6 +244,10 @@ class RemoteIOFactory(PiFactory):
             if release is not None:
                 pending.append(release)
         self.pins.clear()
+        for bus in list(self._spi_buses):
+            release = bus._start_close()
+            if release is not None:
+                pending.append(release)
         self._await_releases(pending)
         self._finalizer()
         self._events.close()
@@ -419,8 +425,9 @@ class RemoteIOFactory(PiFactory):
         return later - earlier
 
     def _get_spi_class(self, shared, hardware):
-        # Only software SPI: hardware SPI would need the Pi's spidev.
-        return RemoteIOSoftwareSPIShared if shared else RemoteIOSoftwareSPI
+        # The server's SPI (remoteio_factory.spi): one request per transfer; the server's
+        # backend picks hardware or software SPI on the Pi.
+        return RemoteIOSPIShared if shared else RemoteIOSPI
 
     # Ownership on the server -------------------------------------------------
 

@@ -13,7 +13,7 @@ import sys
 from remoteio_factory import protocol
 from remoteio_factory._version import __version__
 from remoteio_factory.transport import server_context
-from remoteio_server import backends
+from remoteio_server import backends, spi
 from remoteio_server.access import AccessPolicy, parse_hosts, parse_pins
 from remoteio_server.daemon import (
     DEFAULT_LEASE, DEFAULT_MAX_PENDING, MODES, ListenError, run_server)
@@ -56,6 +56,13 @@ def _wire(text):
             f'a wire is OUT:IN with two GPIO numbers, e.g. 17:27, not {text!r}') from None
 
 
+def _mock_spi(text):
+    try:
+        return spi.parse_mock_spi(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parser():
     p = argparse.ArgumentParser(
         prog='remoteio-server',
@@ -84,6 +91,10 @@ def parser():
     p.add_argument('--revision', default=_env('REVISION', None),
                    help='board revision in hex for the mock backend, e.g. a02082 (Pi 3B, '
                         'the default), c03111 (Pi 4B), d04170 (Pi 5)')
+    p.add_argument('--mock-spi', action='append', default=[], metavar='DEVICE:CE', type=_mock_spi,
+                   help='mock backend only: a simulated SPI ADC, mcp3008 or mcp3208, on CE0 or '
+                        'CE1 of bus 0 (e.g. mcp3008:0); its channels are set with '
+                        '"remoteio adc"; repeatable')
     p.add_argument('--mock-wire', action='append', default=[], metavar='OUT:IN', type=_wire,
                    help='mock backend only: a virtual jumper wire; input pin IN follows '
                         'output pin OUT (e.g. 17:27 or GPIO17:GPIO27). May be repeated. '
@@ -180,6 +191,19 @@ def main(argv=None):
     args = parser().parse_args(argv)
     if not args.mock_wire and _env('MOCK_WIRE', ''):
         args.mock_wire = [_wire(w) for w in _env('MOCK_WIRE', '').split(',') if w.strip()]
+    if not args.mock_spi and _env('MOCK_SPI', ''):
+        try:
+            args.mock_spi = [spi.parse_mock_spi(d) for d in _env('MOCK_SPI', '').split(',')
+                             if d.strip()]
+        except ValueError as exc:
+            parser().error(f'REMOTEIO_SERVER_MOCK_SPI: {exc}')
+    if args.mock_spi and args.backend != 'mock':
+        parser().error('--mock-spi applies to --backend mock only: on a real Pi, SPI talks to '
+                       'the devices on the bus')
+    try:
+        spi.configure_mock(args.mock_spi)
+    except ValueError as exc:
+        parser().error(f'--mock-spi: {exc}')
     if args.mock_wire and args.backend != 'mock':
         parser().error('--mock-wire applies to --backend mock only: on a real Pi, connect '
                        'the pins with a jumper wire')

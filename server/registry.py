@@ -65,6 +65,7 @@ class ClaimedPin:
     def __init__(self, registry, gpio, owner, worker):
         self.registry = registry
         self.gpio = gpio
+        self.gpios = (gpio,)           # every GPIO this claim holds (an SPI bus: several)
         self.owner = owner
         self.worker = worker
         self.status = 'claiming'
@@ -84,6 +85,10 @@ class ClaimedPin:
         self.worker = worker
         threading.Thread(
             target=self._read_worker, name=f'remoteio-pin-{self.gpio}', daemon=True).start()
+
+    def entries(self, info):
+        """Status entries, gpio -> dict, for the snapshot *info* of this claim."""
+        return {self.gpio: info}
 
     @property
     def busy(self):
@@ -292,6 +297,10 @@ class Registry:
                 current = self._claimed.get(gpio)
                 if current is None:
                     break
+                if getattr(current, 'is_bus', False) and current.status in ('claiming', 'claimed'):
+                    raise ProtocolError(
+                        'pin_in_use', f'GPIO{gpio} is in use by an SPI bus of '
+                                      f'{"this connection" if current.owner is session else "client " + current.owner.describe()}')
                 if current.status == 'claiming' or (
                         current.owner is not session and current.status == 'claimed'):
                     raise ProtocolError(
@@ -370,12 +379,16 @@ class Registry:
         if not died:
             log.info('GPIO%d released: %s, state %s', pin.gpio, final['function'], final['state'])
         with self._lock:
-            if self._claimed.get(pin.gpio) is pin:
-                del self._claimed[pin.gpio]
-            self._released[pin.gpio] = dict(final, died=died)
+            for gpio, entry in pin.entries(dict(final, died=died)).items():
+                if self._claimed.get(gpio) is pin:
+                    del self._claimed[gpio]
+                self._released[gpio] = entry
             self._changed.notify_all()
         pin.freed_event.set()
         if pin.owner is not None:
+            for gpio in pin.gpios:
+                if gpio != pin.gpio and pin.owner.pins.get(gpio) is pin:
+                    del pin.owner.pins[gpio]
             pin.owner.pin_freed(pin, died)
 
     def halt_all(self):
@@ -386,7 +399,8 @@ class Registry:
         """
         with self._lock:
             self.closing = True
-            pins = [p for p in self._claimed.values() if p.status in ('claimed', 'releasing')]
+            pins = list({id(p): p for p in self._claimed.values()
+                         if p.status in ('claimed', 'releasing')}.values())
         for pin in pins:
             pin.forward('halt', {}, Ignored())
             pin.release()
@@ -407,7 +421,8 @@ class Registry:
     def snapshot(self, history):
         """Every pin the server has driven since it started, as status dicts."""
         with self._lock:
-            claimed = [p for p in self._claimed.values() if p.status in ('claimed', 'releasing')]
+            claimed = list({id(p): p for p in self._claimed.values()
+                            if p.status in ('claimed', 'releasing')}.values())
             released = dict(self._released)
         replies = []
         for pin in claimed:
@@ -425,7 +440,8 @@ class Registry:
                         released = dict(self._released)
                     continue
                 info = {'error': str(exc)}
-            pins[pin.gpio] = dict(info, gpio=pin.gpio, owner=pin.owner.id, status=pin.status)
+            for gpio, entry in pin.entries(info).items():
+                pins[gpio] = dict(entry, gpio=gpio, owner=pin.owner.id, status=pin.status)
         for gpio, info in released.items():
             if gpio not in pins:
                 info = dict(info, gpio=gpio, owner=None, status='free')

@@ -33,6 +33,7 @@ from collections import deque
 from remoteio_factory import protocol
 from remoteio_factory.protocol import MODES, ProtocolError, error_reply, encode
 from remoteio_factory.tasks import KINDS as TASK_KINDS
+from remoteio_server import spi
 from remoteio_server.registry import worker_died
 from remoteio_factory.tasks import Task
 
@@ -169,6 +170,7 @@ class Session:
             'status': self.on_status,
             'bye': self.on_bye,
         }
+        self.handlers.update(spi.session_handlers(self))   # spi_open, spi_transfer, ...
 
     def describe(self):
         """``#3 (127.0.0.1:40000 name)``, safe to log (the name is the client's)."""

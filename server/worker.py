@@ -631,6 +631,19 @@ def _main(conn, backend, revision, auto):
     except EOFError:
         raw = None
     seq, op, args, _ = json.loads(raw) if raw is not None else (0, None, {}, None)
+    if op == 'spi_claim':              # an SPI bus, not a pin (remoteio_server.spi)
+        from remoteio_server.spi import serve_bus
+        try:
+            if factory is None:
+                factory = build_factory(backend, revision, auto)
+            serve_bus(conn, factory, backend, seq, args)
+        except Exception as exc:
+            conn.send_bytes(pack(['err', seq, describe_error(exc), None]))
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if factory is not None:
+                factory.close()
+        return
     if op != 'claim':
         if factory is not None:
             factory.close()
