@@ -7,7 +7,8 @@ last transitions. ``--json`` prints the same as the documented, stable JSON
 (``docs/protocol.md``, *status*) for scripts and monitoring.
 
 ``remoteio drive GPIO17 high|low`` sets the level of an input on a server
-running the mock backend (a simulated button press, for tests and demos).
+running the mock backend (a simulated button press, for tests and demos); ``remoteio adc CHANNEL VALUE``
+sets a channel of a simulated SPI ADC (``--mock-spi``).
 
 ``remoteio watch`` draws a live picture of the server's 40-pin header
 (:mod:`remoteio_factory.watch`; needs the optional rich library).
@@ -92,6 +93,41 @@ def cmd_drive(args):
     print(f'GPIO{args.pin} driven {args.level}')
 
 
+MOCK_SPI_SELECTS = {'0': 8, '1': 7}
+
+
+def _device(text):
+    """``mcp3008:0`` (or ``0``/``1``, ``CE0``): the select GPIO of a mock SPI device."""
+    ce = str(text).strip().lower().rpartition(':')[2].replace('ce', '')
+    if ce not in MOCK_SPI_SELECTS:
+        raise argparse.ArgumentTypeError(
+            f'a mock SPI device is named as on the server\'s --mock-spi, e.g. mcp3008:0 '
+            f'(CE0) or mcp3208:1 (CE1), not {text!r}')
+    return MOCK_SPI_SELECTS[ce]
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f'VALUE is a fraction of Vref, 0 to 1, not {text!r}')
+    return value
+
+
+def cmd_adc(args):
+    from remoteio_factory.connection import Connection
+    from remoteio_factory.factory import tls_context
+    connection = Connection(args.host, args.port, tls=tls_context())
+    try:
+        connection.request('set_channel', device=args.device, channel=args.channel,
+                           value=args.value)
+    finally:
+        connection.close()
+    print(f'channel {args.channel} of the ADC on GPIO{args.device} set to {args.value:g} of Vref')
+
+
 def cmd_watch(args):
     from remoteio_factory.factory import tls_context
     from remoteio_factory.watch import watch
@@ -142,6 +178,19 @@ def parser():
                        help='high or low (also 1/0, on/off)')
     _server_options(drive)
     drive.set_defaults(run=cmd_drive)
+    adc = sub.add_parser(
+        'adc', help='set a channel of a simulated SPI ADC (mock backend only)',
+        description='Set the voltage at a channel of a simulated MCP3008/MCP3208 (the '
+                    'server\'s --mock-spi), as a fraction of its reference voltage: e.g. '
+                    '"remoteio adc 0 0.5" and MCP3008(channel=0).value reads 0.5. The bus need '
+                    'not be open yet. A real backend refuses: there, the ADC measures its inputs.')
+    adc.add_argument('channel', type=int, metavar='CHANNEL', help='0 to 7')
+    adc.add_argument('value', type=_fraction, metavar='VALUE', help='0 to 1 (of Vref)')
+    adc.add_argument('--device', type=_device, default=8, metavar='DEVICE',
+                     help='which mock device, as on the server: mcp3008:0 (CE0, the default) '
+                          'or mcp3208:1 (CE1)')
+    _server_options(adc)
+    adc.set_defaults(run=cmd_adc)
     watch = sub.add_parser(
         'watch', help='a live picture of the server\'s 40-pin header',
         description='Show the server\'s 40-pin header as it changes: every pin where it sits on '

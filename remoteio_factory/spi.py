@@ -174,5 +174,6 @@ class RemoteIOSPI(SPI):
 class RemoteIOSPIShared(SharedMixin, RemoteIOSPI):
     @classmethod
     def _shared_key(cls, clock_pin, mosi_pin, miso_pin, select_pin, pin_factory):
-        return (clock_pin, select_pin)
+        # shared within one factory (one remote Pi, one client), never across factories
+        return (id(pin_factory), clock_pin, select_pin)
 
