@@ -123,7 +123,7 @@ EVENT_WIRE = (0, 1)
 SETTLE_TIMEOUT = 20.0
 #: What ``--only`` can select, in the order they run.
 PHASES = ('echo', 'client', 'claimed', 'tasks_1_pin', 'tasks_26_pins', 'pulse', 'events',
-          'load')
+          'spi', 'load')
 
 
 class Run:
@@ -264,6 +264,15 @@ def measure_events(run, server):
         factory.close()
 
 
+def measure_spi(run, server):
+    """Phase 12a: MCP3008 on the server's simulated ADC (--mock-spi mcp3008:0)."""
+    factory = RemoteIOFactory(harness.HOST, server.port)
+    try:
+        run.measure('spi', lambda: figures.measure_spi(factory, run.plan))
+    finally:
+        factory.close()
+
+
 def measure_load(run, server, results_dir):
     """Phase 12: the clients are processes of their own."""
     run.measure('load', lambda: figures.measure_load(
@@ -278,6 +287,7 @@ def measure_tasks(run, server, results_dir):
                                ('tasks_26_pins', measure_26_pins),
                                ('pulse', measure_pulse),
                                ('events', measure_events),
+                               ('spi', measure_spi),
                                ('load', lambda run, server: measure_load(run, server,
                                                                           results_dir))):
         if not run.selected(phase):
@@ -300,7 +310,7 @@ def measure_all(run, results_dir):
     try:
         if run.selected('echo'):
             echo = harness.start_echo_server(lifetime=600)
-        server = harness.start_server(results_dir / 'server.log', ['--spares', str(SPARES)],
+        server = harness.start_server(results_dir / 'server.log', ['--spares', str(SPARES), '--mock-spi', 'mcp3008:0'],
                                       mock_wires=[EVENT_WIRE])
         run.details['server'] = {
             'ready_line': server.ready_line,

@@ -1119,3 +1119,105 @@ def measure_load(server_pid, port, plan, log_path, spares, settle_timeout):
         'per_pin': pins,
     }
     return figures, details
+
+
+# 13. SPI: MCP3008 samples per second through the factory ---------------------------
+
+#: Samples per repetition (bounded by the plan's loop_seconds), and repetitions.
+SPI_SAMPLES = {'quick': 1000, 'full': 5000}
+SPI_REPEATS = 3
+SPI_VALUE = 0.5
+SPI_TARGET = 2000.0
+
+
+def _local_mcp3008_class():
+    from gpiozero.pins.mock import MockSPIDevice
+
+    class LocalMCP3008(MockSPIDevice):
+        """gpiozero's MockSPIDevice as an MCP3008 (bit by bit, as gpiozero's own tests mock it)."""
+
+        code = int(SPI_VALUE * 1024)
+
+        def on_start(self):
+            super().on_start()
+            self.start = None
+
+        def on_bit(self):
+            if self.start is None:
+                if self.rx_buf[-1]:
+                    self.start = self.rx_bit
+            elif self.rx_bit - self.start == 4:     # SGL/DIFF and D2..D0 are in
+                # a sample clock, the null bit, then the result MSB first
+                self.tx_buf = [0, 0] + [(self.code >> b) & 1 for b in range(9, -1, -1)]
+    return LocalMCP3008
+
+
+def spi_samples_per_s(device, samples, seconds):
+    """Samples/s of ``device.value`` over *samples* reads (or *seconds*)."""
+    expected = int(SPI_VALUE * 1024)
+    start = time.perf_counter()
+    deadline = start + seconds
+    count = 0
+    while count < samples and time.perf_counter() < deadline:
+        if device.raw_value != expected:
+            raise AssertionError(f'MCP3008 read {device.raw_value}, not {expected}')
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def spi_local_rates(plan, samples):
+    """The baseline: the same MCP3008 on a local MockFactory (software SPI, bit-banged)."""
+    from gpiozero import Device, MCP3008
+    factory = MockFactory()
+    previous, Device.pin_factory = Device.pin_factory, factory   # gpiozero's SPI bus needs it
+    chip = _local_mcp3008_class()(11, 10, 9, 8, pin_factory=factory)
+    try:
+        device = MCP3008(channel=0, pin_factory=factory)
+        try:
+            return [spi_samples_per_s(device, samples, plan.loop_seconds)
+                    for _ in range(SPI_REPEATS)]
+        finally:
+            device.close()
+    finally:
+        chip.close()
+        factory.close()
+        Device.pin_factory = previous
+
+
+def measure_spi(factory, plan):
+    """
+    ``MCP3008(channel=0).value`` through the factory on the server's simulated
+    MCP3008 (``--mock-spi mcp3008:0``): median of 3 repetitions, with range;
+    baseline the same device on gpiozero's local MockFactory (software SPI).
+    """
+    from gpiozero import MCP3008
+    samples = SPI_SAMPLES.get(plan.name, SPI_SAMPLES['quick'])
+    factory._connection.request('set_channel', device=8, channel=0, value=SPI_VALUE)
+    device = MCP3008(channel=0, pin_factory=factory)
+    try:
+        for _ in range(50):                 # warm-up
+            device.raw_value
+        before = factory.status(history=0)
+        transfers_before = next(p for p in before['pins'] if p['gpio'] == 11)['spi']['transfers']
+        remote = [spi_samples_per_s(device, samples, plan.loop_seconds)
+                  for _ in range(SPI_REPEATS)]
+        after = factory.status(history=0)
+        transfers = next(p for p in after['pins'] if p['gpio'] == 11)['spi']['transfers'] \
+            - transfers_before
+    finally:
+        device.close()
+    local = spi_local_rates(plan, samples)
+    median, low, high = statistics.median(remote), min(remote), max(remote)
+    figures = [
+        Figure('spi_mcp3008_samples', 'MCP3008 samples/s through the factory (vs local '
+               'MockFactory software SPI)', median, '/s', baseline=statistics.median(local),
+               target=Target(SPI_TARGET, at_most=False),
+               note=f'median of {SPI_REPEATS}, range {low:,.0f}–{high:,.0f}/s'),
+    ]
+    details = {
+        'samples_per_repetition': samples, 'repetitions': SPI_REPEATS, 'value': SPI_VALUE,
+        'remote_samples_per_s': remote, 'local_mock_samples_per_s': local,
+        'server_transfers_counted': transfers,
+        'requests_per_sample': 1,
+    }
+    return figures, details
