@@ -152,6 +152,11 @@ class RemoteIOFactory(PiFactory):
                  token=None, tls=None, tls_ca=None, reconnect=None, reconnect_timeout=None,
                  interrupt_main=True):
         super().__init__()
+        # Re-entrant: gpiozero's reserve_pins holds this lock while it looks pins up,
+        # and a garbage-collected shared SPI interface (SharedMixin.__del__) may close,
+        # and so release its pins, on that same thread right then. With gpiozero's
+        # plain Lock that thread would wait for itself for ever.
+        self._res_lock = threading.RLock()
         if host is None:
             host = settings.env_host()
         self._host = host
