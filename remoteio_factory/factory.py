@@ -315,7 +315,7 @@ class RemoteIOFactory(PiFactory):
             # gpiozero's background threads end quietly on it (see RemoteIOPin._factory_closed):
             # the main thread is told.
             return _ConnectionLostInThread(self._fatal)
-        interrupt.delivered()     # the main thread gets it here: not from the signal as well
+        interrupt.delivered(self._fatal)    # the main thread gets it here: not from the signal too
         return RemoteIOConnectionError(self._fatal)
 
     def _connection_lost(self, reason):

@@ -43,6 +43,7 @@ _lock = threading.Lock()
 _pending = []          # errors to raise in the main thread
 _sent = 0              # signals sent by interrupt() and not handled yet
 _signum = None         # POSIX: the signal whose handler is ours
+_delivered = set()     # messages the main thread has already had from a call
 
 
 def _take():
@@ -102,6 +103,8 @@ def interrupt(error):
     if not main.is_alive() or threading.current_thread() is main:
         return
     with _lock:
+        if str(error) in _delivered:
+            return        # the main thread had it from a call already: not twice
         _pending.append(error)
         _sent += 1
     if hasattr(signal, 'pthread_kill'):
@@ -124,8 +127,12 @@ def interrupt(error):
     _thread.interrupt_main()
 
 
-def delivered():
-    """The main thread got the error from a call: the signal that follows must not raise it again."""
+def delivered(message):
+    """
+    The main thread got the error (*message*) from a call: a signal for it,
+    sent already or about to be, must not raise it again.
+    """
     if threading.current_thread() is threading.main_thread():
         with _lock:
-            _pending.clear()
+            _delivered.add(message)
+            _pending[:] = [e for e in _pending if str(e) != message]

@@ -246,7 +246,12 @@ class ClaimedPin:
                 route.task_ended('failed', error)
         if died:
             log.error('worker %d of GPIO%d ended unexpectedly', self.worker.pid, self.gpio)
-        self.worker.kill()  # closes our end and reaps the process
+        # Our end is closed under the send lock: a send under way must not find its
+        # file descriptor number closed and reused (by a new client's socket, say)
+        # half-way through, and write a worker message to someone else.
+        with self._send_lock:
+            self.worker.close_socket()
+        self.worker.kill()  # reaps the process
         if not abandoned:
             self.registry.freed(self, died)
         route, self._release_route = self._release_route, None

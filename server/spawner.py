@@ -100,6 +100,13 @@ class Worker:
                 self._kill(grace)
                 self._killed = True
 
+    def close_socket(self):
+        """Close the server's end (idempotent); the process then releases its pin and ends."""
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
     def terminate(self, grace=TERMINATE_GRACE):
         """
         End the process, leaving the socket to its reader: the reader then sees

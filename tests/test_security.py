@@ -243,6 +243,7 @@ def test_a_frozen_client_is_dropped_and_learns_it_promptly(fresh_server):
         client.send_signal(signal.SIGCONT)
         bystander.close()
     out, err = client.communicate('\n', timeout=30)
+    assert len(out.split()) == 2, (out, err)
     name, seconds = out.split()
     assert name == 'RemoteIOConnectionError' and float(seconds) < 2
 
