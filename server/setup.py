@@ -325,19 +325,7 @@ class Setup:
                     self.say(f'{path}: kept, {want} (not shown again; --new-token replaces it)')
                 return
         token = secrets.token_urlsafe(32)
-        temporary = f'{path}.new-{os.getpid()}'
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchown(fd, 0, self.gid)
-            os.fchmod(fd, 0o640)
-            os.write(fd, (token + '\n').encode())
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(temporary)
-            raise
-        os.close(fd)
-        os.replace(temporary, path)
+        self._write(path, token + '\n', 0o640, 0, self.gid)
         self.changed(f'{path}: {reason or "created"}, {want}; the token, shown this once, '
                      f'for each client:')
         self.say(f'    REMOTEIO_TOKEN={token}')
