@@ -220,9 +220,9 @@ def test_a_frozen_client_is_dropped_and_learns_it_promptly(fresh_server):
         import sys, time
         led = LED(17)
         led.on()
-        print('ready', flush=True)
         started = None
-        try:
+        try:                                     # (the loss may be raised anywhere after 'ready')
+            print('ready', flush=True)
             sys.stdin.readline()                 # frozen meanwhile
             started = time.monotonic()
             led.value
