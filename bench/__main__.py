@@ -1,93 +1,92 @@
 """
-``python -m bench [--quick] [--only PHASE,...] [--json PATH]``: benchmark remoteio-factory
-against a server of its own.
+``python -m bench [--quick] [--only PHASE,...] [--json PATH]``: benchmark
+remoteio-factory against servers started for the run.
 
-The run starts a fresh ``remoteio-server --host 127.0.0.1 --port 0 --backend
-mock --mock-wire 0:1`` (two spare workers, the default) and a plain Python
-TCP echo server (:mod:`bench.echo`), each in its own process, and measures:
+The run starts, each in its own process: our server (``remoteio-server
+--host 127.0.0.1 --port 0 --backend mock --mock-wire 0:1 --mock-spi
+mcp3008:0``, two spare workers), the **reference server**
+(:mod:`bench.reference`: one process, one thread, gpiozero mock pins
+in-process, speaking our protocol: the floor for a Python server) and a
+plain Python **TCP echo** server (:mod:`bench.echo`: the floor for any round
+trip between two Python processes). Both protocol servers are driven
+through the same client library (``RemoteIOFactory``, gpiozero devices, the
+seed API).
 
-1. **Baseline**: round trips of 32-byte messages to the echo server
-   (TCP_NODELAY at both ends); median and p99 in µs.
-2. **Round trips through the factory**: ``pin = factory.pin(17)`` as an
-   output, then ``pin.state = 1/0`` followed by a read of ``pin.state``,
-   timed per pair; and reads alone. Median and p99 in µs, and the ratio of
-   the medians to the echo's (target for write→read: ≤ 2.0×). Every read
-   must show the write before it.
-3. **Pipelined writes**, one client, on 1 pin and on 8 pins: N writes
-   posted as fast as possible (each pin alternating 1/0), then one read per
-   pin (a read waits until every earlier write has been carried out).
-   Writes per second from the first write to the last read (target ≥
-   20000/s). The server's per-pin ``writes`` counter (``status``) must have
-   grown by exactly what was posted to that pin.
-4. **Pin claim**: time to construct ``OutputDevice(gpio, pin_factory=...)``
-   on each of GPIO 2..27 (26 pins) with a new factory; median in ms
-   (target ≤ 10 ms).
-5. **Idle CPU** with those 26 pins claimed, over 5 s (2 s with --quick):
-   utime + stime from ``/proc/PID/stat`` of the server and every process
-   below it (zygote, workers), as % of one core
-   (target ≤ 1 %).
-6. **Memory** with those 26 pins claimed: USS (Private_Clean +
-   Private_Dirty) and PSS from ``/proc/PID/smaps_rollup`` of the same
-   processes; total (target: USS ≤ 100 MB) and the median per worker.
+**Comparisons** (:mod:`bench.compare`). Each figure is measured on our
+server, on the reference server and beside them the echo, interleaved (ours,
+reference, echo, ours, …), 3 repetitions (5 in a full run); a figure is the
+median of the per-repetition medians, with their range. Each is measured in
+two placements, *same CPU* (client and both server trees pinned to one CPU)
+and *cross CPU* (client on one CPU, servers on the other), and each ratio
+is between numbers of the same placement. Affinities are restored afterwards.
 
-7. **Timed task, 1 pin busy**: ``RemoteServer(...).pin(17, 'g').on(time_ms=100)``,
-   waited for, 40 times (10 with --quick); the error of each pulse's length
-   (its 0 edge − its 1 edge − 100 ms) from the server's per-pin history (the
-   worker records each change right after making it). Signed median, and p99
-   and max of |error|, in ms (target: p99 ≤ 1 ms). For comparison, the seed
-   project's server: +3.9 ms median, +9.5 ms max with 8 pins.
-8. **Timed task, 26 pins busy**: the same on GPIO 2..27 at once, 20 rounds
-   (5 with --quick); every pulse's error together (target: p99 ≤ 1 ms).
-9. **Blink edges**: GPIO 2..27 all blinking at 10 Hz (50 ms on, 50 ms off)
-   for *n* cycles, 10 s (3 s with --quick); from the history, each period
-   between rising edges − 100 ms (signed median, p99 and max of |error|;
-   target: p99 ≤ 1 ms) and each rising edge's drift from the first one plus
-   k × 100 ms (max |drift|).
-10. **gpiozero's PWMLED.pulse**: ``PWMLED(18).pulse(0.5, 0.5, n=6,
-    background=False)`` (n=2 with --quick) through a factory and on a local
-    ``MockFactory(pin_class=MockPWMPin)``: the cycle length (wall clock / n)
-    and the rate of state changes (server history, resp. the mock pin's
-    ``states``), remote against local (target: ratio 0.98–1.02).
+1. ``round_trips``: gpiozero read (``pin.state`` of a claimed output),
+   write→read, and a read right after writes posted to 1 pin and to 26 pins
+   (GPIO 2..27), in µs. Targets: read and write→read ≤ 1.5× the reference
+   server; read after writes to 26 pins ≤ 1.5× read after a write to 1 pin
+   (our server; the reference's for information). Every read must show the
+   write before it.
+2. ``seed_api``: ``RemoteServer(host, port).pin(17, 'g').on(time_ms=1)``,
+   from the call until the server has accepted the task (each task's end
+   waited for, untimed). Target ≤ 1.5× the reference server.
 
-11. **Event latency**: the server runs with a virtual jumper wire
-    (``--mock-wire 0:1``: input GPIO1 follows output GPIO0, the two GPIOs no
-    other phase claims). ``DigitalOutputDevice(0)`` is toggled 500 times
-    (100 with --quick), one edge at a time (write, wait for the callback);
-    ``DigitalInputDevice(1)``'s pin has ``when_changed`` set to a recorder,
-    which gets the edge's ``ticks`` (the server's edge time converted to our
-    ``monotonic()``). Latency = ``monotonic()`` in the callback − ticks;
-    median (target ≤ 2.0× the echo median) and p99 in µs. The edge time is
-    taken by the input's worker when the mock backend reports the change,
-    so the figure covers worker → server main process → TCP → client
-    reader → dispatcher thread → callback. Informational: the round trip
-    from just before the write to the callback. Events missing, extra or of
-    the wrong level are counted (target 0).
+**Our server alone** (unpinned):
 
-12. **Load**: 8 client processes (``python -m bench.loadclient``), each with
-    its own ``RemoteIOFactory`` and 3 pins of GPIO 2..25 (24 pins), each
-    pin an output with PWM at 100 Hz, written at 25 Hz (absolute deadlines,
-    one writer thread per pin) for 60 s (8 s with --quick), all starting
-    together. Each write's duty cycle encodes its counter (``((k % 9973) +
-    1) / 10000``: unique per pin, never equal to the one before), so the
-    server's history (the last ≤ 1000 changes of each pin), after a final
-    read of each pin, must equal the tail of what was sent, and its
-    ``writes`` counter must have grown by what was sent. Writes sent (target:
-    all planned), lost, duplicated and reordered (target 0), pins whose
-    history or final read is amiss (target 0), the slowest pin's rate at the
-    server (target ≥ 24.5 Hz), the clients' write lateness against the
-    deadlines (p99) and the server's CPU over the 60 s (main process, zygote,
-    workers, total; % of one core). The clients' stderr goes to
-    ``load_clients.log`` beside the JSON.
+3. ``pipelined``: N writes posted as fast as possible on 1 pin and on 8
+   pins (each pin alternating 1/0), then one read per pin (a read waits
+   until every earlier write has been carried out): writes/s from the first
+   write to the last read (target ≥ 30 000/s); the server's per-pin
+   ``writes`` counter must have grown by exactly what was posted.
+4. ``claimed``: ``OutputDevice(gpio)`` on each of GPIO 2..27 with a new
+   factory (median claim, target ≤ 10 ms); then, those 26 pins claimed,
+   **idle CPU** over 5 s (2 s with --quick) of the server and every process
+   below it (utime + stime from ``/proc``; target ≤ 1 % of one core) and
+   **memory**: USS and PSS from ``smaps_rollup`` (target: USS ≤ 100 MiB).
+5. ``tasks_1_pin``: ``on(time_ms=100)`` through the seed API, waited for, 40
+   times (10 with --quick): each pulse's length error from the server's
+   per-pin history (target: p99 ≤ 1 ms).
+6. ``tasks_26_pins``: the same on GPIO 2..27 at once, 20 rounds (5 with
+   --quick); then all 26 blinking at 10 Hz for 10 s (3 s): period error
+   (p99 ≤ 1 ms) and drift.
+7. ``pulse``: gpiozero's ``PWMLED.pulse`` through the factory against a local
+   ``MockFactory``: cycle length and state changes/s (ratio 0.98–1.02).
 
-Phases 7 to 9 also count tasks that did not complete and edges that are
-missing or extra (target 0).
+**Comparisons again:**
 
-It prints a table (figure, value, baseline, ratio, target, result) and
-writes everything, with the raw statistics and a description of the
-machine, as JSON (default ``bench/results/latest.json``). The server's log
-goes to ``server.log`` beside the JSON. Both servers are stopped at the end,
-whatever happened (the remoteio server with SIGTERM, and it must take its
-whole process tree with it).
+8. ``events``: edge on the server → gpiozero callback, on a virtual jumper
+   wire (``--mock-wire 0:1``), one edge at a time: ``monotonic()`` in the
+   callback − the edge's server time converted to our clock. Against the
+   one-way floor, half an echo round trip in the same placement (target ≤
+   4× it, the former 2× the echo round trip). Events missing, extra or of
+   the wrong level: target 0.
+9. ``spi``: ``MCP3008(channel=0).raw_value`` samples/s through the factory
+   (one ``spi_transfer`` each) on each server's simulated MCP3008 (target ≥
+   2000/s), with the echo; and on a local MockFactory (software SPI).
+
+**Load:**
+
+10. ``load``: 8 client processes (:mod:`bench.loadclient`) × 3 pins of GPIO
+    2..25, each pin PWM at 100 Hz written at 25 Hz for 60 s (8 s with
+    --quick); every write checked against the server's history and
+    ``writes`` counter (none lost, duplicated or reordered), the slowest
+    pin's rate (≥ 24.5 Hz), lateness and the server's CPU.
+11. ``read_load``: 8 client processes (:mod:`bench.readclient`) × 3 pins,
+    reading as fast as they can for 2 s (0.5 s with --quick) per window, on
+    our server and on the reference server, interleaved, in both placements
+    (the clients on the client CPU): aggregate reads/s (target ≥ 0.7× the
+    reference server's) and the p99 of the reads' round trips.
+
+Between phases the run waits until our server is back to its spare workers.
+
+It prints a table (figure, value and range, baseline and range, ratio, echo,
+target, result) and writes everything, with the raw statistics and a
+description of the machine, as JSON (default ``bench/results/latest.json``;
+``--only``: ``bench/results/partial.json``). ``python -m bench.readme``
+writes the README's table from that JSON. Our server's log goes to
+``server.log`` beside the JSON, the load clients' stderr to
+``load_clients.log`` and ``read_clients.log``. Every server is stopped at the
+end, whatever happened (ours with SIGTERM, and it must take its whole
+process tree with it).
 
 Exit status: 0 every target met, 1 a target missed, 2 a measurement failed.
 """
@@ -103,27 +102,28 @@ from pathlib import Path
 
 from remoteio_factory import RemoteIOFactory, RemoteServer
 
-from bench import figures, harness
-from bench.figures import Figure, format_number
+from bench import compare, figures, harness
+from bench.figures import Figure, format_number, format_range
 
 DEFAULT_JSON = harness.REPO_ROOT / 'bench' / 'results' / 'latest.json'
 #: Where a run of selected phases (``--only``) writes, unless told: not over a whole run's.
 PARTIAL_JSON = harness.REPO_ROOT / 'bench' / 'results' / 'partial.json'
-SPARES = 2
-ROUND_TRIP_GPIO = 17
+SPARES = harness.SPARES
+PIPELINE_GPIO = 17
 PIPELINE_GPIOS = [17, 5, 6, 12, 13, 16, 20, 21]
 CLAIM_GPIOS = list(range(2, 28))
 TASK_GPIO = 17
 TASK_GPIOS = list(range(2, 28))
-#: The virtual jumper wire of phase 11 (output, input): GPIO0 and 1 are the
-#: board's only GPIOs that no other phase claims (they all use 2..27), so no
+#: The virtual jumper wire of the events phase (output, input): GPIO0 and 1 are
+#: the board's only GPIOs that no other phase claims (they all use 2..27), so no
 #: other phase drives the wire or has its pins relayed to.
 EVENT_WIRE = (0, 1)
-#: How long to wait for the server's workers to come and go between phases.
-SETTLE_TIMEOUT = 20.0
+SETTLE_TIMEOUT = harness.SETTLE_TIMEOUT
+#: How long the reference and echo servers may live (they end themselves then).
+HELPER_LIFETIME = 1800
 #: What ``--only`` can select, in the order they run.
-PHASES = ('echo', 'client', 'claimed', 'tasks_1_pin', 'tasks_26_pins', 'pulse', 'events',
-          'spi', 'load')
+PHASES = ('round_trips', 'seed_api', 'pipelined', 'claimed', 'tasks_1_pin', 'tasks_26_pins',
+          'pulse', 'events', 'spi', 'load', 'read_load')
 
 
 class Run:
@@ -159,27 +159,24 @@ class Run:
                                    error=error))
 
 
-# Phases ---------------------------------------------------------------------------
+# Phases on our server alone ---------------------------------------------------------
 
-def measure_client(run, server, echo_details):
-    """Phases 2 and 3, on one factory that is closed afterwards."""
+def measure_pipelined(run, servers):
+    """Phase 3, on one factory that is closed afterwards."""
+    server = servers.ours
     factory = RemoteIOFactory(harness.HOST, server.port)
     try:
-        pin = figures.output_pin(factory, ROUND_TRIP_GPIO)
-        if echo_details is None:
-            echo_details = {'round_trip_us': {'median': None, 'p99': None}}
-        run.measure('round_trips',
-                    lambda: figures.measure_round_trips(pin, echo_details, run.plan))
         run.measure('pipelined_1_pin', lambda: figures.measure_pipelined(
-            factory, [ROUND_TRIP_GPIO], run.plan, 'pipelined_1', server.pid))
+            factory, [PIPELINE_GPIO], run.plan, 'pipelined_1', server.pid))
         run.measure('pipelined_8_pins', lambda: figures.measure_pipelined(
             factory, PIPELINE_GPIOS, run.plan, 'pipelined_8', server.pid))
     finally:
         factory.close()
 
 
-def measure_claimed(run, server):
-    """Phases 4 to 6: claim GPIO 2..27 with a new factory, then watch the idle server."""
+def measure_claimed(run, servers):
+    """Phase 4: claim GPIO 2..27 with a new factory, then watch the idle server."""
+    server = servers.ours
     factory = RemoteIOFactory(harness.HOST, server.port)
     devices = []
     try:
@@ -212,8 +209,9 @@ def claim_task_pins(run, server, remote, gpios, phase):
     return pins
 
 
-def measure_on_1_pin(run, server):
-    """Phase 7, on its own connection."""
+def measure_on_1_pin(run, servers):
+    """Phase 5, on its own connection."""
+    server = servers.ours
     seed = figures.SEED_ON_100MS
     remote = RemoteServer(harness.HOST, server.port)
     try:
@@ -227,8 +225,9 @@ def measure_on_1_pin(run, server):
         remote.close()
 
 
-def measure_26_pins(run, server):
-    """Phases 8 and 9, on one connection holding GPIO 2..27."""
+def measure_26_pins(run, servers):
+    """Phase 6, on one connection holding GPIO 2..27."""
+    server = servers.ours
     seed = figures.SEED_ON_100MS
     remote = RemoteServer(harness.HOST, server.port)
     try:
@@ -244,106 +243,94 @@ def measure_26_pins(run, server):
         remote.close()
 
 
-def measure_pulse(run, server):
-    """Phase 10."""
-    factory = RemoteIOFactory(harness.HOST, server.port)
+def measure_pulse(run, servers):
+    """Phase 7."""
+    factory = RemoteIOFactory(harness.HOST, servers.ours.port)
     try:
         run.measure('pulse', lambda: figures.measure_pulse(factory, run.plan.pulse_cycles))
     finally:
         factory.close()
 
 
-def measure_events(run, server):
-    """Phase 11, on its own factory."""
-    echo = run.details.get('echo') or {'round_trip_us': {'median': None, 'p99': None}}
-    factory = RemoteIOFactory(harness.HOST, server.port)
-    try:
-        run.measure('events', lambda: figures.measure_events(factory, *EVENT_WIRE, echo,
-                                                             run.plan))
-    finally:
-        factory.close()
-
-
-def measure_spi(run, server):
-    """Phase 12a: MCP3008 on the server's simulated ADC (--mock-spi mcp3008:0)."""
-    factory = RemoteIOFactory(harness.HOST, server.port)
-    try:
-        run.measure('spi', lambda: figures.measure_spi(factory, run.plan))
-    finally:
-        factory.close()
-
-
-def measure_load(run, server, results_dir):
-    """Phase 12: the clients are processes of their own."""
+def measure_load(run, servers, results_dir):
+    """Phase 10: the clients are processes of their own."""
+    server = servers.ours
     run.measure('load', lambda: figures.measure_load(
         server.pid, server.port, run.plan, results_dir / 'load_clients.log', SPARES,
         SETTLE_TIMEOUT))
 
 
-def measure_tasks(run, server, results_dir):
-    """Phases 7 to 12, each after the server's workers have settled to the spares."""
-    settling = run.details.setdefault('task_settling', {})
-    for phase, measurement in (('tasks_1_pin', measure_on_1_pin),
-                               ('tasks_26_pins', measure_26_pins),
-                               ('pulse', measure_pulse),
-                               ('events', measure_events),
-                               ('spi', measure_spi),
-                               ('load', lambda run, server: measure_load(run, server,
-                                                                          results_dir))):
+# The run ----------------------------------------------------------------------------
+
+def phase_table(run, results_dir):
+    """``(phase, measure(servers))`` in the order they run."""
+    plan = run.plan
+
+    def compared(phase, measurement):
+        return lambda servers: run.measure(phase, lambda: measurement(servers))
+
+    return (
+        ('round_trips', compared('round_trips',
+                                 lambda s: compare.measure_round_trips(s, plan))),
+        ('seed_api', compared('seed_api', lambda s: compare.measure_seed_api(s, plan))),
+        ('pipelined', lambda s: measure_pipelined(run, s)),
+        ('claimed', lambda s: measure_claimed(run, s)),
+        ('tasks_1_pin', lambda s: measure_on_1_pin(run, s)),
+        ('tasks_26_pins', lambda s: measure_26_pins(run, s)),
+        ('pulse', lambda s: measure_pulse(run, s)),
+        ('events', compared('events', lambda s: compare.measure_events(s, plan, EVENT_WIRE))),
+        ('spi', compared('spi', lambda s: compare.measure_spi(s, plan))),
+        ('load', lambda s: measure_load(run, s, results_dir)),
+        ('read_load', compared('read_load', lambda s: compare.measure_read_load(
+            s, plan, results_dir / 'read_clients.log'))),
+    )
+
+
+def run_phases(run, servers, results_dir):
+    """Each selected phase, after our server's workers have settled to the spares."""
+    settling = run.details.setdefault('settling', {})
+    for phase, measurement in phase_table(run, results_dir):
         if not run.selected(phase):
             continue
         try:
-            if server.process.poll() is not None:
-                raise RuntimeError(f'the server has ended (exit code {server.process.returncode})')
-            settling[f'before_{phase}'] = harness.wait_for_workers(server.pid, SPARES,
+            if servers.ours.process.poll() is not None:
+                raise RuntimeError(f'our server has ended (exit code '
+                                   f'{servers.ours.process.returncode})')
+            settling[f'before_{phase}'] = harness.wait_for_workers(servers.ours.pid, SPARES,
                                                                    SETTLE_TIMEOUT)
             # Timing figures suffer from whatever else runs on the machine.
             settling[f'load_average_before_{phase}'] = os.getloadavg()
-            measurement(run, server)
+            measurement(servers)
         except Exception as exc:
             run.fail(phase, exc)
 
 
 def measure_all(run, results_dir):
-    echo = server = None
+    """Start the three servers, run the phases, stop the servers whatever happened."""
+    echo = reference = server = None
     stops = {}
     try:
-        if run.selected('echo'):
-            echo = harness.start_echo_server(lifetime=600)
-        server = harness.start_server(results_dir / 'server.log', ['--spares', str(SPARES), '--mock-spi', 'mcp3008:0'],
+        echo = harness.start_echo_server(lifetime=HELPER_LIFETIME)
+        reference = harness.start_reference_server(HELPER_LIFETIME,
+                                                   results_dir / 'reference.log')
+        server = harness.start_server(results_dir / 'server.log',
+                                      ['--spares', str(SPARES), '--mock-spi', 'mcp3008:0'],
                                       mock_wires=[EVENT_WIRE])
         run.details['server'] = {
             'ready_line': server.ready_line,
+            'reference_ready_line': reference.ready_line,
             'workers_at_start': harness.wait_for_workers(server.pid, SPARES, SETTLE_TIMEOUT),
         }
-        echo_details = None
-        if echo is not None:
-            echo_details = run.measure(
-                'echo', lambda: figures.measure_echo(echo.pid, echo.port, run.plan))
-        if run.selected('client'):
-            try:
-                measure_client(run, server, echo_details)
-            except Exception as exc:
-                run.fail('client', exc)
-        # Let the released pins' workers end before claiming every pin again.
-        run.details['server']['workers_between_phases'] = harness.wait_for_workers(
-            server.pid, SPARES, SETTLE_TIMEOUT)
-        if run.selected('claimed'):
-            try:
-                measure_claimed(run, server)
-            except Exception as exc:
-                run.fail('claimed', exc)
-        try:
-            measure_tasks(run, server, results_dir)
-        except Exception as exc:
-            run.fail('tasks', exc)
+        run.details['placements'] = [p.__dict__ for p in compare.placements()]
+        run_phases(run, compare.Servers(server, reference, echo), results_dir)
     except Exception as exc:
         run.fail('setup', exc)
     finally:
         if server is not None:
             stops['server'] = harness.stop_server_tree(server)
-        if echo is not None:
-            stops['echo'] = echo.stop()
+        for name, helper in (('reference', reference), ('echo', echo)):
+            if helper is not None:
+                stops[name] = helper.stop()
     run.details['stop'] = stops
     if stops.get('server', {}).get('left_running'):
         run.errors.append({'phase': 'stop', 'error': 'server processes left running after '
@@ -352,30 +339,51 @@ def measure_all(run, results_dir):
 
 # Report ---------------------------------------------------------------------------
 
-COLUMNS = ('figure', 'value', 'baseline', 'ratio', 'target', 'result')
+COLUMNS = ('figure', 'value [range]', 'baseline [range]', 'ratio', 'TCP echo: cost', 'target',
+           'result')
+
+
+def result_of(figure):
+    """'pass', 'FAIL', 'ERROR' or '' (no target)."""
+    if figure.error:
+        return 'ERROR'
+    if figure.passed is None:
+        return 'FAIL' if figure.target and figure.value is None else ''
+    return 'pass' if figure.passed else 'FAIL'
+
+
+def with_range(value, low, high, unit):
+    """A number and, if it is a median of repetitions, their range in brackets."""
+    text = format_number(value, unit)
+    spread = format_range(low, high, unit)
+    return f'{text} [{spread}]' if spread else text
+
+
+def echo_cell(figure):
+    """The echo beside the figure (same placement), and what the figure costs in echoes."""
+    if figure.echo is None:
+        return ''
+    cost = f': {figure.echo_ratio:.1f}×' if figure.echo_ratio is not None else ''
+    return f'{format_number(figure.echo, "µs")}{cost}'
 
 
 def table_row(figure):
-    if figure.error:
-        result = 'ERROR'
-    elif figure.passed is None:
-        result = 'FAIL' if figure.target and figure.value is None else ''
-    else:
-        result = 'pass' if figure.passed else 'FAIL'
     return (
         figure.name,
-        format_number(figure.value, figure.unit) if figure.unit else '',
-        format_number(figure.baseline, figure.unit) if figure.baseline else '',
+        with_range(figure.value, figure.low, figure.high, figure.unit) if figure.unit else '',
+        with_range(figure.baseline, figure.baseline_low, figure.baseline_high, figure.unit)
+        if figure.baseline else '',
         f'{figure.ratio:.2f}×' if figure.ratio is not None else '',
+        echo_cell(figure),
         figure.target.describe(figure.unit) if figure.target else '',
-        result,
+        result_of(figure),
     )
 
 
 def format_table(rows):
     rows = [COLUMNS] + [table_row(figure) for figure in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    align = ['<', '>', '>', '>', '<', '<']
+    align = ['<', '>', '>', '>', '>', '<', '<']
     lines = ['  '.join(f'{cell:{a}{w}}' for cell, a, w in zip(row, align, widths)).rstrip()
              for row in rows]
     lines.insert(1, '  '.join('-' * w for w in widths))

@@ -17,7 +17,7 @@ import sys
 HOST = '127.0.0.1'
 #: More messages than any benchmark sends on one connection.
 MAX_MESSAGES = 10_000_000
-MAX_CONNECTIONS = 100
+MAX_CONNECTIONS = 10_000
 
 
 def echo_connection(conn):

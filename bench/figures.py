@@ -59,7 +59,13 @@ class Target:
 
 @dataclass
 class Figure:
-    """One row of the report."""
+    """
+    One row of the report. A figure measured in repetitions has as its value
+    the median of the per-repetition values, and *low*/*high* their range
+    (likewise its baseline); a figure of :mod:`bench.compare` also names its
+    *placement* and carries the TCP echo round trip measured beside it in
+    that placement (*echo*, µs, with its range).
+    """
     key: str
     name: str
     value: Optional[float]
@@ -69,12 +75,36 @@ class Figure:
     note: str = ''
     #: Why the figure could not be measured.
     error: str = ''
+    low: Optional[float] = None
+    high: Optional[float] = None
+    baseline_low: Optional[float] = None
+    baseline_high: Optional[float] = None
+    #: What the baseline is: 'reference server', 'one-way floor (½ echo)', …
+    baseline_name: str = ''
+    #: 'same CPU' or 'cross CPU': where client and server ran (see bench.compare).
+    placement: str = ''
+    echo: Optional[float] = None
+    echo_low: Optional[float] = None
+    echo_high: Optional[float] = None
+    repeats: Optional[int] = None
 
     @property
     def ratio(self):
         if self.value is None or not self.baseline:
             return None
         return self.value / self.baseline
+
+    @property
+    def echo_ratio(self):
+        """
+        What one operation costs in TCP echo round trips (same placement): the
+        value over the echo for a time, the echo's rate over the value for a rate.
+        """
+        if self.value is None or not self.echo:
+            return None
+        if self.unit == '/s':
+            return 1e6 / self.value / self.echo if self.value else None
+        return self.value / self.echo
 
     @property
     def passed(self):
@@ -86,7 +116,20 @@ class Figure:
             'baseline': self.baseline, 'ratio': self.ratio,
             'target': self.target.describe(self.unit) if self.target else None,
             'passed': self.passed, 'note': self.note or None, 'error': self.error or None,
+            'low': self.low, 'high': self.high, 'baseline_low': self.baseline_low,
+            'baseline_high': self.baseline_high, 'baseline_name': self.baseline_name or None,
+            'placement': self.placement or None, 'echo_us': self.echo,
+            'echo_low_us': self.echo_low, 'echo_high_us': self.echo_high,
+            'echo_ratio': self.echo_ratio, 'repeats': self.repeats,
         }
+
+
+def format_range(low, high, unit):
+    """``'210–230'`` (without the unit), or '' without a range."""
+    if low is None or high is None:
+        return ''
+    text = f'{format_number(low, unit)}–{format_number(high, unit)}'
+    return text.replace(f' {unit}', '').replace(' /s', '') if unit else text
 
 
 def format_number(value, unit):
@@ -94,6 +137,8 @@ def format_number(value, unit):
         return '—'
     if unit == '/s':
         return f'{value:,.0f} /s'
+    if unit == '×':
+        return f'{value:.2f}×'
     if abs(value) >= 100 or unit == 'count':
         text = f'{value:,.0f}'
     elif abs(value) >= 10:
@@ -124,20 +169,34 @@ class Plan:
     blink_seconds: float
     #: Cycles of PWMLED.pulse (1 s each), remote and local.
     pulse_cycles: int
-    #: Edges sent through the virtual jumper wire, one at a time (event latency).
+    #: Edges sent through the virtual jumper wire, one at a time, per repetition
+    #: and placement (event latency).
     event_edges: int
     #: How long the load phase's clients write (8 processes × 3 pins × 25 Hz).
     load_seconds: float
+    #: Repetitions of every comparison (bench.compare): ours, reference, echo in turn.
+    repeats: int = 3
+    #: Round trips per subject and repetition (read, write→read, read after 1 write,
+    #: echo); a quarter of it for the read after writes to 26 pins.
+    compare_samples: int = 200
+    #: Seed-API on(time_ms) calls per subject and repetition.
+    on_calls: int = 60
+    #: MCP3008 samples per subject and repetition.
+    spi_samples: int = 500
+    #: How long the read-load clients read, per subject and repetition.
+    read_load_seconds: float = 0.5
 
 
 QUICK = Plan('quick', echo_round_trips=3000, write_read_pairs=1500, reads=1500,
              pipelined_writes=20000, idle_seconds=2.0, loop_seconds=8.0,
              on_repeats=10, on_rounds=5, blink_seconds=3.0, pulse_cycles=2,
-             event_edges=100, load_seconds=8.0)
+             event_edges=40, load_seconds=8.0, repeats=3, compare_samples=200,
+             on_calls=60, spi_samples=500, read_load_seconds=0.5)
 FULL = Plan('full', echo_round_trips=20000, write_read_pairs=10000, reads=10000,
             pipelined_writes=100000, idle_seconds=5.0, loop_seconds=30.0,
             on_repeats=40, on_rounds=20, blink_seconds=10.0, pulse_cycles=6,
-            event_edges=500, load_seconds=60.0)
+            event_edges=170, load_seconds=60.0, repeats=5, compare_samples=1000,
+            on_calls=300, spi_samples=2000, read_load_seconds=2.0)
 
 
 # Helpers -----------------------------------------------------------------------
@@ -188,7 +247,7 @@ def percentile(samples, pct):
     return statistics.quantiles(samples, n=100, method='inclusive')[pct - 1]
 
 
-# 1. Baseline: TCP echo -------------------------------------------------------------
+# The floor: TCP echo (compared beside every figure of bench.compare) ------------------
 
 def echo_round_trip(sock, payload):
     sock.sendall(payload)
@@ -211,87 +270,17 @@ def echo_samples(port, count, seconds):
     return durations
 
 
-def echo_by_placement(echo_pid, port, plan):
-    """
-    Median echo round trip with client and echo server pinned to the same
-    CPU and to different CPUs: on a small VM the two differ severalfold, and
-    an unpinned run lands on either. For the details only; affinities are
-    restored afterwards.
-    """
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return {}
-    ours, theirs = os.sched_getaffinity(0), os.sched_getaffinity(echo_pid)
-    medians = {}
-    try:
-        for label, (client_cpu, echo_cpu) in (('same_cpu', (cpus[0], cpus[0])),
-                                              ('other_cpu', (cpus[0], cpus[1]))):
-            os.sched_setaffinity(0, {client_cpu})
-            os.sched_setaffinity(echo_pid, {echo_cpu})
-            count = plan.echo_round_trips // 4
-            medians[label] = statistics.median(echo_samples(port, count, plan.loop_seconds))
-    finally:
-        os.sched_setaffinity(echo_pid, theirs)
-        os.sched_setaffinity(0, ours)
-    return medians
-
-
-def measure_echo(echo_pid, port, plan, rounds=4):
-    """The baseline: unpinned, over *rounds* connections, then pinned for the details."""
-    per_round = [echo_samples(port, plan.echo_round_trips // rounds, plan.loop_seconds)
-                 for _ in range(rounds)]
-    stats = summary([sample for samples in per_round for sample in samples])
-    figures = [
-        Figure('echo_median_us', 'TCP echo round trip, median', stats['median'], 'µs'),
-        Figure('echo_p99_us', 'TCP echo round trip, p99', stats['p99'], 'µs'),
-    ]
-    details = {
-        'message_bytes': MESSAGE_SIZE, 'round_trip_us': stats,
-        'median_us_per_connection': [statistics.median(samples) for samples in per_round],
-        'median_us_pinned': echo_by_placement(echo_pid, port, plan),
-    }
-    return figures, details
-
-
-# 2. Round trips through the factory -------------------------------------------------
-
 def write_then_read(pin, i):
+    """Write *i*'s parity, read it back: True if the read shows the write."""
     state = i & 1
     pin.state = state
     return pin.state == state
 
 
-def measure_round_trips(pin, echo, plan):
-    """*pin*: an output pin; *echo*: the echo's details, for the baselines."""
-    echo_median = echo['round_trip_us']['median']
-    echo_p99 = echo['round_trip_us']['p99']
-
-    timed_loop(lambda i: write_then_read(pin, i), WARMUP, plan.loop_seconds)
-    pair_us, pair_ok = timed_loop(lambda i: write_then_read(pin, i),
-                                  plan.write_read_pairs, plan.loop_seconds)
-    expected = pin.state
-    read_us, read_values = timed_loop(lambda i: pin.state, plan.reads, plan.loop_seconds)
-
-    pairs, reads = summary(pair_us), summary(read_us)
-    stale_reads = pair_ok.count(False)
-    wrong_reads = sum(1 for value in read_values if value != expected)
-    figures = [
-        Figure('write_read_median_us', 'write→read round trip, median', pairs['median'], 'µs',
-               baseline=echo_median, target=Target(2.0, on_ratio=True)),
-        Figure('write_read_p99_us', 'write→read round trip, p99', pairs['p99'], 'µs',
-               baseline=echo_p99),
-        Figure('stale_reads', 'reads not showing the last write', stale_reads + wrong_reads,
-               'count', target=Target(0)),
-        Figure('read_median_us', 'read round trip, median', reads['median'], 'µs',
-               baseline=echo_median),
-        Figure('read_p99_us', 'read round trip, p99', reads['p99'], 'µs', baseline=echo_p99),
-    ]
-    details = {'write_read_us': pairs, 'read_us': reads,
-               'stale_reads': stale_reads, 'wrong_reads': wrong_reads}
-    return figures, details
-
-
 # 3. Pipelined writes ---------------------------------------------------------------
+
+#: Writes per second a client must be able to post (and the server carry out).
+PIPELINED_TARGET = 30000
 
 def writes_counters(factory, gpios):
     """The server's ``writes`` counter of each of *gpios*, from ``status``."""
@@ -344,7 +333,7 @@ def measure_pipelined(factory, gpios, plan, key, server_pid):
     label = f'{count} pin' + ('s' if count > 1 else '')
     figures = [
         Figure(f'{key}_writes_per_s', f'pipelined writes, {label}', total_posted / elapsed, '/s',
-               target=Target(20000, at_most=False)),
+               target=Target(PIPELINED_TARGET, at_most=False)),
         Figure(f'{key}_writes_miscounted', f'pipelined writes, {label}: lost or extra',
                miscounted if not unknown else None, 'count', target=Target(0),
                note=f'{unknown} pins without a writes counter' if unknown else ''),
@@ -802,43 +791,70 @@ def send_edges(out, recorder, count, seconds, first_state):
             for (before, state, seen), end in zip(edges, ends)]
 
 
-def measure_events(factory, out_gpio, in_gpio, echo, plan):
+class Wire:
     """
-    *out_gpio* is wired to *in_gpio* on the server (``--mock-wire OUT:IN``).
-    An edge of the output makes one of the input: latency from the input's
-    edge on the server (the ``ticks`` the callback receives, converted by the
-    factory to our ``monotonic()``) to the callback, and the round trip from
-    just before the write to the callback.
+    The two devices on the server's virtual jumper wire (``--mock-wire
+    OUT:IN``) and the recorder of the input's callbacks: an edge of the output
+    makes one of the input. :meth:`edges` sends some and returns their samples.
     """
-    echo_median = echo['round_trip_us']['median']
-    out = inp = None
-    recorder = EdgeRecorder()   # the strong reference the pin's weak one needs
-    try:
-        out = DigitalOutputDevice(out_gpio, pin_factory=factory)
-        inp = DigitalInputDevice(in_gpio, pin_factory=factory)
-        # Replaces gpiozero's own handler (which calls when_activated/
-        # when_deactivated without the ticks): the same pin-level callback.
-        inp.pin.when_changed = recorder
-        offset = getattr(getattr(factory, '_connection', None), 'clock_offset', None)
-        first = 1 - int(bool(out.value))  # the write must change the output
-        warmup = send_edges(out, recorder, EVENT_WARMUP, plan.loop_seconds, first)
-        first = 1 - warmup[-1][1] if warmup else first
-        edges = send_edges(out, recorder, plan.event_edges, plan.loop_seconds, first)
-        measured_calls = sum(len(calls) for _, _, calls in edges)
-        before_quiet = recorder.count()
-        time.sleep(EVENT_QUIET)
-        late_calls = recorder.count() - before_quiet
-        # A read of the other pin: the server first makes sure the output's worker
-        # has taken every (posted) write. Without it, releasing the output right
-        # after a posted write makes the connection's next barrier (here the
-        # factory's closing ``bye``) fail with "the worker of GPIO0 ended
-        # unexpectedly" (a server problem: it syncs a pin that is being released).
-        _ = inp.pin.state
-    finally:
-        for device in (inp, out):
+
+    def __init__(self, factory, out_gpio, in_gpio):
+        self.factory = factory
+        self.out_gpio, self.in_gpio = out_gpio, in_gpio
+        self.recorder = EdgeRecorder()   # the strong reference the pin's weak one needs
+        self.out = self.inp = None
+        try:
+            self.out = DigitalOutputDevice(out_gpio, pin_factory=factory)
+            self.inp = DigitalInputDevice(in_gpio, pin_factory=factory)
+            # Replaces gpiozero's own handler (which calls when_activated/
+            # when_deactivated without the ticks): the same pin-level callback.
+            self.inp.pin.when_changed = self.recorder
+        except BaseException:
+            self.close()
+            raise
+        self.next_state = 1 - int(bool(self.out.value))  # the write must change the output
+        self.warmup = self.edges(EVENT_WARMUP, EVENT_TIMEOUT * EVENT_WARMUP)
+
+    @property
+    def offset(self):
+        """The factory's estimate of the server's clock minus ours."""
+        return getattr(getattr(self.factory, '_connection', None), 'clock_offset', None)
+
+    def edges(self, count, seconds):
+        """Send *count* edges (bounded by *seconds*); return their analysis (:func:`edge_samples`)."""
+        sent = send_edges(self.out, self.recorder, count, seconds, self.next_state)
+        if sent:
+            self.next_state = 1 - sent[-1][1]
+        return edge_samples(sent, self.offset)
+
+    def close(self):
+        """
+        Count the calls that come late, then close both devices. A read of the
+        input first: the server then makes sure the output's worker has taken
+        every (posted) write. Without it, releasing the output right after a
+        posted write makes the connection's next barrier (the factory's
+        closing ``bye``) fail with "the worker of GPIO0 ended unexpectedly" (a
+        server problem: it syncs a pin that is being released).
+        """
+        late = 0
+        if self.inp is not None and self.out is not None:
+            before = self.recorder.count()
+            time.sleep(EVENT_QUIET)
+            late = self.recorder.count() - before
+            _ = self.inp.pin.state
+        for device in (self.inp, self.out):
             if device is not None:
                 device.close()
+        self.inp = self.out = None
+        return late
 
+
+def edge_samples(edges, offset):
+    """
+    From :func:`send_edges`' result: the latency of each edge (server's edge
+    time converted to our clock → callback), the round trip (before the
+    write → callback), and the edges missing, extra or of the wrong level.
+    """
     latency_us, round_trip_us, corrected_us = [], [], []
     missing = wrong_state = extra = edge_before_write = 0
     for before, state, calls in edges:
@@ -858,40 +874,9 @@ def measure_events(factory, out_gpio, in_gpio, echo, plan):
             corrected_us.append((called - ticks - offset) * 1e6)
         if ticks < before:
             edge_before_write += 1
-    extra += late_calls
-    latency, round_trip = summary(latency_us), summary(round_trip_us)
-    count = latency['count']
-    label = f'edge → gpiozero callback ({out_gpio}→{in_gpio} wire)'
-    figures = [
-        Figure('event_latency_median_us', f'{label}, median of {count}', latency.get('median'),
-               'µs', baseline=echo_median, target=Target(2.0, on_ratio=True), note=EVENT_PATH),
-        Figure('event_latency_p99_us', f'{label}, p99', latency.get('p99'), 'µs',
-               baseline=echo['round_trip_us']['p99'], note=EVENT_PATH),
-        Figure('event_write_callback_median_us', 'write → callback round trip (wire), median',
-               round_trip.get('median'), 'µs', baseline=echo_median,
-               note='informational: monotonic before out.on()/off() to the callback'),
-        Figure('event_write_callback_p99_us', 'write → callback round trip (wire), p99',
-               round_trip.get('p99'), 'µs', baseline=echo['round_trip_us']['p99']),
-        Figure('event_faulty', 'edge events missing, extra or of the wrong level',
-               missing + extra + wrong_state, 'count', target=Target(0)),
-    ]
-    details = {
-        'wire': {'out': out_gpio, 'in': in_gpio},
-        'what': EVENT_PATH,
-        'edges': len(edges), 'warmup_edges': len(warmup), 'calls_measured': measured_calls,
-        'latency_us': latency, 'write_to_callback_us': round_trip,
-        # The factory's estimate of the server's clock minus ours (from the hello's
-        # round trip); the true offset is 0 here (same machine, one monotonic clock).
-        'clock_offset_us': offset * 1e6 if offset is not None else None,
-        'latency_us_without_offset': summary(corrected_us),
-        'latency_to_echo_median': (latency['median'] / echo_median
-                                   if count and echo_median else None),
-        'missing': missing, 'extra': extra, 'wrong_state': wrong_state,
-        'edge_time_before_write': edge_before_write,
-        'latency_us_samples': [round(x, 1) for x in latency_us],
-        'write_to_callback_us_samples': [round(x, 1) for x in round_trip_us],
-    }
-    return figures, details
+    return {'edges': len(edges), 'latency_us': latency_us, 'write_to_callback_us': round_trip_us,
+            'latency_us_without_offset': corrected_us, 'missing': missing, 'extra': extra,
+            'wrong_state': wrong_state, 'edge_time_before_write': edge_before_write}
 
 
 # 12. Load: many clients, each in its own process -------------------------------------
@@ -1123,9 +1108,6 @@ def measure_load(server_pid, port, plan, log_path, spares, settle_timeout):
 
 # 13. SPI: MCP3008 samples per second through the factory ---------------------------
 
-#: Samples per repetition (bounded by the plan's loop_seconds), and repetitions.
-SPI_SAMPLES = {'quick': 1000, 'full': 5000}
-SPI_REPEATS = 3
 SPI_VALUE = 0.5
 SPI_TARGET = 2000.0
 
@@ -1166,7 +1148,10 @@ def spi_samples_per_s(device, samples, seconds):
 
 
 def spi_local_rates(plan, samples):
-    """The baseline: the same MCP3008 on a local MockFactory (software SPI, bit-banged)."""
+    """
+    For comparison: the same MCP3008 on a local MockFactory (software SPI,
+    bit-banged in this process), samples/s of *plan.repeats* repetitions.
+    """
     from gpiozero import Device, MCP3008
     factory = MockFactory()
     previous, Device.pin_factory = Device.pin_factory, factory   # gpiozero's SPI bus needs it
@@ -1175,49 +1160,10 @@ def spi_local_rates(plan, samples):
         device = MCP3008(channel=0, pin_factory=factory)
         try:
             return [spi_samples_per_s(device, samples, plan.loop_seconds)
-                    for _ in range(SPI_REPEATS)]
+                    for _ in range(plan.repeats)]
         finally:
             device.close()
     finally:
         chip.close()
         factory.close()
         Device.pin_factory = previous
-
-
-def measure_spi(factory, plan):
-    """
-    ``MCP3008(channel=0).value`` through the factory on the server's simulated
-    MCP3008 (``--mock-spi mcp3008:0``): median of 3 repetitions, with range;
-    baseline the same device on gpiozero's local MockFactory (software SPI).
-    """
-    from gpiozero import MCP3008
-    samples = SPI_SAMPLES.get(plan.name, SPI_SAMPLES['quick'])
-    factory._connection.request('set_channel', device=8, channel=0, value=SPI_VALUE)
-    device = MCP3008(channel=0, pin_factory=factory)
-    try:
-        for _ in range(50):                 # warm-up
-            device.raw_value
-        before = factory.status(history=0)
-        transfers_before = next(p for p in before['pins'] if p['gpio'] == 11)['spi']['transfers']
-        remote = [spi_samples_per_s(device, samples, plan.loop_seconds)
-                  for _ in range(SPI_REPEATS)]
-        after = factory.status(history=0)
-        transfers = next(p for p in after['pins'] if p['gpio'] == 11)['spi']['transfers'] \
-            - transfers_before
-    finally:
-        device.close()
-    local = spi_local_rates(plan, samples)
-    median, low, high = statistics.median(remote), min(remote), max(remote)
-    figures = [
-        Figure('spi_mcp3008_samples', 'MCP3008 samples/s through the factory (vs local '
-               'MockFactory software SPI)', median, '/s', baseline=statistics.median(local),
-               target=Target(SPI_TARGET, at_most=False),
-               note=f'median of {SPI_REPEATS}, range {low:,.0f}–{high:,.0f}/s'),
-    ]
-    details = {
-        'samples_per_repetition': samples, 'repetitions': SPI_REPEATS, 'value': SPI_VALUE,
-        'remote_samples_per_s': remote, 'local_mock_samples_per_s': local,
-        'server_transfers_counted': transfers,
-        'requests_per_sample': 1,
-    }
-    return figures, details

@@ -5,18 +5,24 @@ The processes a benchmark run starts, and what /proc says about them.
   127.0.0.1:PORT`` line, waits (bounded) for that line, and stops it with
   SIGTERM, then waits, then SIGKILL if it must. :func:`start_server` starts
   ``remoteio-server --backend mock`` with it, :func:`start_echo_server` the
-  baseline :mod:`bench.echo`.
+  baseline :mod:`bench.echo`, :func:`start_reference_server` the one-process
+  reference server :mod:`bench.reference`.
 * The server's process tree (main process → zygote → one worker per
   claimed pin, plus spares) is
   found by walking ``/proc``; :func:`cpu_ticks` and :func:`memory_kb` read
   ``/proc/PID/stat`` and ``/proc/PID/smaps_rollup`` for each process.
-* :class:`JsonLineProcess` runs a client of the load phase
-  (:mod:`bench.loadclient`, :func:`start_load_client`).
+* :class:`JsonLineProcess` runs a client of the load phases
+  (:mod:`bench.loadclient`, :func:`start_load_client`; :mod:`bench.readclient`,
+  :func:`start_read_client`).
+* :func:`pinned` pins every thread of this process and of given processes to
+  one CPU, and every thread of given process trees to another, then restores
+  what each had (the placements of :mod:`bench.compare`).
 * :func:`machine_info` describes the machine for the JSON report.
 """
 
 import json
 import os
+from contextlib import contextmanager
 import platform
 import re
 import select
@@ -28,6 +34,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = '127.0.0.1'
+#: Spare workers our server keeps ready (its default), and how long to wait for
+#: its workers to come and go between phases.
+SPARES = 2
+SETTLE_TIMEOUT = 20.0
 READY_TIMEOUT = 30.0
 #: The server's own shutdown waits up to 10 s for its pins to be released.
 STOP_TIMEOUT = 20.0
@@ -135,6 +145,12 @@ def start_echo_server(lifetime):
     return ChildProcess('echo server', argv).start()
 
 
+def start_reference_server(lifetime, log_path=None):
+    argv = [sys.executable, '-m', 'bench.reference', '--port', '0',
+            '--lifetime', str(int(lifetime))]
+    return ChildProcess('reference server', argv, log_path).start()
+
+
 class JsonLineProcess:
     """
     A program that talks JSON lines on stdin/stdout (:mod:`bench.loadclient`):
@@ -206,6 +222,12 @@ def start_load_client(port, gpios, count, rate, log, lifetime):
             '--gpios', ','.join(map(str, gpios)), '--count', str(count), '--rate', str(rate),
             '--lifetime', str(int(lifetime))]
     return JsonLineProcess(f'load client {",".join(map(str, gpios))}', argv, log)
+
+
+def start_read_client(port, gpios, log, lifetime):
+    argv = [sys.executable, '-m', 'bench.readclient', '--port', str(port),
+            '--gpios', ','.join(map(str, gpios)), '--lifetime', str(int(lifetime))]
+    return JsonLineProcess(f'read client {",".join(map(str, gpios))}', argv, log)
 
 
 def stop_server_tree(server):
@@ -353,6 +375,70 @@ def memory_kb(pid):
             fields[parts[0][:-1]] = int(parts[1])
     return {'uss': fields.get('Private_Clean', 0) + fields.get('Private_Dirty', 0),
             'pss': fields.get('Pss', 0)}
+
+
+# CPU affinity ------------------------------------------------------------------
+
+def thread_ids(pid):
+    """The thread ids of process *pid* (none if it is gone)."""
+    try:
+        return [int(tid) for tid in os.listdir(f'/proc/{pid}/task') if tid.isdigit()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def _affinity(pid):
+    """The CPUs *pid* may run on (all of this process's if it is gone)."""
+    try:
+        return os.sched_getaffinity(pid)
+    except (ProcessLookupError, OSError):
+        return os.sched_getaffinity(0)
+
+
+def _set_threads(pids, cpus, saved):
+    """Set the affinity of every thread of *pids* to *cpus*; remember the old one in *saved*."""
+    for pid in pids:
+        for tid in thread_ids(pid):
+            try:
+                saved.setdefault(tid, os.sched_getaffinity(tid))
+                os.sched_setaffinity(tid, cpus)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass     # ended meanwhile
+
+
+def _restore_threads(pids, saved, default):
+    for pid in pids:
+        for tid in thread_ids(pid):
+            try:
+                os.sched_setaffinity(tid, saved.get(tid, default))
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+
+
+@contextmanager
+def pinned(client_cpu, server_cpu, server_roots, client_pids=()):
+    """
+    Within the block, every thread of this process and of *client_pids* runs
+    on *client_cpu* only, and every thread of every process of the trees of
+    *server_roots* on *server_cpu* only (``os.sched_setaffinity`` is per
+    thread: each one is set). Threads and processes started meanwhile inherit
+    the affinity of their parent. Afterwards every thread gets back what it had,
+    and those started meanwhile what their process's main thread had.
+    """
+    saved = {}
+    ours = [os.getpid(), *client_pids]
+    defaults = {pid: _affinity(pid) for pid in [*ours, *server_roots]}
+    trees = {root: process_tree(root) for root in server_roots}
+    try:
+        _set_threads(ours, {client_cpu}, saved)
+        for tree in trees.values():
+            _set_threads(tree, {server_cpu}, saved)
+        yield
+    finally:
+        for pid in ours:
+            _restore_threads([pid], saved, defaults[pid])
+        for root in server_roots:
+            _restore_threads(process_tree(root), saved, defaults[root])
 
 
 # The machine ------------------------------------------------------------------
