@@ -300,7 +300,9 @@ def run_phases(run, servers, results_dir):
                                                                    SETTLE_TIMEOUT)
             # Timing figures suffer from whatever else runs on the machine.
             settling[f'load_average_before_{phase}'] = os.getloadavg()
+            started = time.monotonic()
             measurement(servers)
+            run.details.setdefault('phase_seconds', {})[phase] = time.monotonic() - started
         except Exception as exc:
             run.fail(phase, exc)
 

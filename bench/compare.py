@@ -175,9 +175,10 @@ class RoundTrips:
     write before them.
     """
 
-    def __init__(self, port, samples, seconds):
+    def __init__(self, port, plan):
         self.factory = RemoteIOFactory(harness.HOST, port)
-        self.samples, self.seconds = samples, seconds
+        self.samples, self.seconds = plan.compare_samples, plan.loop_seconds
+        self.fan_out_samples = plan.fan_out_samples
         self.stale = 0
         try:
             self.pins = [figures.output_pin(self.factory, gpio) for gpio in ALL_GPIOS]
@@ -204,8 +205,9 @@ class RoundTrips:
         read_us, _ = timed_loop(lambda i: pin.state, n, seconds)
         pair_us, shown = timed_loop(lambda i: figures.write_then_read(pin, i), n, seconds)
         self.stale += shown.count(False)
-        one = [self.read_after_writes([pin], i) for i in range(n)]
-        many = [self.read_after_writes(self.pins, i) for i in range(max(1, n // 4))]
+        one = figures.bounded_calls(lambda i: self.read_after_writes([pin], i), n, seconds)
+        many = figures.bounded_calls(lambda i: self.read_after_writes(self.pins, i),
+                                     self.fan_out_samples, seconds)
         return {'read_us': statistics.median(read_us),
                 'write_read_us': statistics.median(pair_us),
                 'read_after_1_write_us': statistics.median(one),
@@ -258,8 +260,7 @@ def measure_round_trips(servers, plan):
     sides = {}
     try:
         for subject in (OURS, REFERENCE):
-            sides[subject] = RoundTrips(servers.port(subject), plan.compare_samples,
-                                        plan.loop_seconds)
+            sides[subject] = RoundTrips(servers.port(subject), plan)
         workers = settle(servers, len(ALL_GPIOS))
         results, used = interleave(servers, plan, {
             OURS: sides[OURS].measure, REFERENCE: sides[REFERENCE].measure,
@@ -273,7 +274,7 @@ def measure_round_trips(servers, plan):
                sum(stale.values()), 'count', target=Target(0)),
     ]
     details = {'gpios': ALL_GPIOS, 'read_gpio': READ_GPIO, 'samples': plan.compare_samples,
-               'samples_after_26_writes': max(1, plan.compare_samples // 4),
+               'samples_after_26_writes': plan.fan_out_samples,
                'workers_before': workers, 'stale_reads': stale,
                'placements': details_of(results, used)}
     return rows, details
@@ -284,9 +285,9 @@ def measure_round_trips(servers, plan):
 class SeedCalls:
     """A RemoteServer with GPIO17; one repetition: the round trip of on() calls."""
 
-    def __init__(self, port, calls):
+    def __init__(self, port, calls, seconds):
         self.remote = RemoteServer(harness.HOST, port)
-        self.calls = calls
+        self.calls, self.seconds = calls, seconds
         self.not_completed = 0
         try:
             self.pin = self.remote.pin(READ_GPIO, 'g')
@@ -306,7 +307,8 @@ class SeedCalls:
     def measure(self):
         for _ in range(3):
             self.call()
-        return {'on_call_us': statistics.median([self.call() for _ in range(self.calls)])}
+        calls = figures.bounded_calls(lambda i: self.call(), self.calls, self.seconds)
+        return {'on_call_us': statistics.median(calls)}
 
     def close(self):
         self.remote.close()
@@ -322,7 +324,7 @@ def measure_seed_api(servers, plan):
     sides = {}
     try:
         for subject in (OURS, REFERENCE):
-            sides[subject] = SeedCalls(servers.port(subject), plan.on_calls)
+            sides[subject] = SeedCalls(servers.port(subject), plan.on_calls, plan.loop_seconds)
         settle(servers, 1)
         results, used = interleave(servers, plan, {
             OURS: sides[OURS].measure, REFERENCE: sides[REFERENCE].measure,

@@ -1,12 +1,12 @@
 """
-The baseline: a plain Python TCP echo server, run in its own process.
+The floor for a round trip: a plain Python TCP echo server, in its own process.
 
 ``python -m bench.echo [--lifetime SECONDS]`` listens on 127.0.0.1 (a free
 port), prints ``echo ready on 127.0.0.1:PORT`` and echoes every byte back on
 one connection at a time, with TCP_NODELAY, from blocking sockets: the least
 work a Python server can do per round trip. It ends itself after *lifetime*
-seconds (SIGALRM) if nobody stops it first, and after a bounded number of
-messages per connection.
+seconds (SIGALRM) if nobody stops it first; it serves a bounded number of
+connections and of messages per connection.
 """
 
 import argparse

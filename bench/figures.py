@@ -1,7 +1,10 @@
 """
-The measurements. Each ``measure_*`` function runs one kind of measurement
-and returns its :class:`Figure` rows and a dict of details for the JSON
-report. Every timed loop is bounded both in count and in time
+The rows of the report (:class:`Figure`, :class:`Target`), the sizes of a
+run (:class:`Plan`), and the measurements of our server alone, plus the
+helpers :mod:`bench.compare` uses for the comparisons (echo round trips, the
+event wire, MCP3008 samples). Each ``measure_*`` function runs one kind of
+measurement and returns its :class:`Figure` rows and a dict of details for
+the JSON report. Every timed loop is bounded both in count and in time
 (:func:`timed_loop`); when the time bound cuts a loop short, the figures are
 computed from what was done and the details say how many samples that was.
 """
@@ -177,8 +180,10 @@ class Plan:
     #: Repetitions of every comparison (bench.compare): ours, reference, echo in turn.
     repeats: int = 3
     #: Round trips per subject and repetition (read, write→read, read after 1 write,
-    #: echo); a quarter of it for the read after writes to 26 pins.
+    #: echo).
     compare_samples: int = 200
+    #: Reads after writes to 26 pins per subject and repetition.
+    fan_out_samples: int = 50
     #: Seed-API on(time_ms) calls per subject and repetition.
     on_calls: int = 60
     #: MCP3008 samples per subject and repetition.
@@ -191,12 +196,12 @@ QUICK = Plan('quick', echo_round_trips=3000, write_read_pairs=1500, reads=1500,
              pipelined_writes=20000, idle_seconds=2.0, loop_seconds=8.0,
              on_repeats=10, on_rounds=5, blink_seconds=3.0, pulse_cycles=2,
              event_edges=40, load_seconds=8.0, repeats=3, compare_samples=200,
-             on_calls=60, spi_samples=500, read_load_seconds=0.5)
+             fan_out_samples=50, on_calls=60, spi_samples=500, read_load_seconds=0.5)
 FULL = Plan('full', echo_round_trips=20000, write_read_pairs=10000, reads=10000,
             pipelined_writes=100000, idle_seconds=5.0, loop_seconds=30.0,
             on_repeats=40, on_rounds=20, blink_seconds=10.0, pulse_cycles=6,
-            event_edges=170, load_seconds=60.0, repeats=5, compare_samples=1000,
-            on_calls=300, spi_samples=2000, read_load_seconds=2.0)
+            event_edges=150, load_seconds=60.0, repeats=5, compare_samples=600,
+            fan_out_samples=100, on_calls=200, spi_samples=1500, read_load_seconds=1.5)
 
 
 # Helpers -----------------------------------------------------------------------
@@ -217,6 +222,17 @@ def timed_loop(step, count, seconds):
         if time.monotonic() > deadline:
             break
     return durations, results
+
+
+def bounded_calls(step, count, seconds):
+    """``[step(i) for i in range(count)]``, cut short once *seconds* have passed."""
+    results = []
+    deadline = time.monotonic() + seconds
+    for i in range(count):
+        results.append(step(i))
+        if time.monotonic() > deadline:
+            break
+    return results
 
 
 def output_pin(factory, gpio):
@@ -351,7 +367,7 @@ def measure_pipelined(factory, gpios, plan, key, server_pid):
     return figures, details
 
 
-# 4. Claiming pins -------------------------------------------------------------------
+# 4. Claiming pins, idle CPU and memory -------------------------------------------------------------------
 
 def claim_devices(factory, gpios, seconds):
     """Construct an OutputDevice on each of *gpios*; return (devices, ms for each)."""
@@ -377,7 +393,7 @@ def claim_figures(gpios, durations):
     return figures, details
 
 
-# 5. Idle CPU --------------------------------------------------------------------
+# Idle CPU --------------------------------------------------------------------
 
 def measure_idle_cpu(server_pid, seconds, claimed):
     tree = harness.process_tree(server_pid)
@@ -401,7 +417,7 @@ def measure_idle_cpu(server_pid, seconds, claimed):
     return figures, details
 
 
-# 6. Memory ---------------------------------------------------------------------
+# Memory ---------------------------------------------------------------------
 
 def measure_memory(server_pid, claimed):
     roles = harness.server_roles(server_pid)
@@ -434,7 +450,7 @@ def measure_memory(server_pid, claimed):
     return figures, details
 
 
-# 7–9. Server-timed tasks ---------------------------------------------------------
+# 5–6. Server-timed tasks ---------------------------------------------------------
 # The timing is read from the server's per-pin history: each state change is
 # recorded by the pin's worker, on its monotonic clock, right after the change.
 # Only the entries after a mark (the time of each pin's last entry before the
@@ -652,7 +668,7 @@ def measure_blink(remote, pins, seconds, key='blink_26'):
     return figures, details
 
 
-# 10. gpiozero's PWMLED.pulse, remote vs local ----------------------------------------
+# 7. gpiozero's PWMLED.pulse, remote vs local ----------------------------------------
 
 PULSE_GPIO = 18
 PULSE_FADE_S = 0.5
@@ -721,7 +737,7 @@ def measure_pulse(factory, cycles):
     return figures, details
 
 
-# 11. Edge events: latency from the server's edge to the client's callback ------------
+# 8. Edge events: latency from the server's edge to the client's callback ------------
 
 #: Edges sent (and waited for) before the measured ones.
 EVENT_WARMUP = 20
@@ -879,7 +895,7 @@ def edge_samples(edges, offset):
             'wrong_state': wrong_state, 'edge_time_before_write': edge_before_write}
 
 
-# 12. Load: many clients, each in its own process -------------------------------------
+# 10. Load: many clients writing, each in its own process -------------------------------------
 
 LOAD_CLIENTS = 8
 LOAD_PINS_PER_CLIENT = 3
@@ -1106,7 +1122,7 @@ def measure_load(server_pid, port, plan, log_path, spares, settle_timeout):
     return figures, details
 
 
-# 13. SPI: MCP3008 samples per second through the factory ---------------------------
+# 9. SPI: MCP3008 samples per second through the factory ---------------------------
 
 SPI_VALUE = 0.5
 SPI_TARGET = 2000.0
