@@ -5,7 +5,7 @@ remoteio-factory against servers started for the run.
 The run starts, each in its own process: our server (``remoteio-server
 --host 127.0.0.1 --port 0 --backend mock --mock-wire 0:1 --mock-spi
 mcp3008:0``, two spare workers), the **reference server**
-(:mod:`bench.reference`: one process, one thread, gpiozero mock pins
+(:mod:`bench.reference`: one process, a thread per connection, gpiozero mock pins
 in-process, speaking our protocol: the floor for a Python server) and a
 plain Python **TCP echo** server (:mod:`bench.echo`: the floor for any round
 trip between two Python processes). Both protocol servers are driven

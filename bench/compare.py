@@ -222,32 +222,36 @@ class RoundTrips:
 def round_trip_figures(results, used):
     rows = []
     for placement in used:
-        def get(subject, metric):
-            return series(results, placement, subject, metric)
-        echo = get(ECHO, 'echo_us')
-        ours_label = 'our server'
-        rows += [
-            comparison('read_us', 'gpiozero read (pin.state), median', 'µs', placement,
-                       get(OURS, 'read_us'), get(REFERENCE, 'read_us'), echo,
-                       Target(ROUND_TRIP_LIMIT, on_ratio=True)),
-            comparison('write_read_us', 'write→read round trip, median', 'µs', placement,
-                       get(OURS, 'write_read_us'), get(REFERENCE, 'write_read_us'), echo,
-                       Target(ROUND_TRIP_LIMIT, on_ratio=True)),
-            comparison('read_after_1_write_us', 'read after a write to 1 pin, median', 'µs',
-                       placement, get(OURS, 'read_after_1_write_us'),
-                       get(REFERENCE, 'read_after_1_write_us'), echo),
-            comparison('read_after_26_writes_us', 'read after writes to 26 pins, median', 'µs',
-                       placement, get(OURS, 'read_after_26_writes_us'),
-                       get(OURS, 'read_after_1_write_us'), echo,
-                       Target(FAN_OUT_LIMIT, on_ratio=True),
-                       baseline_name=f'{ours_label}: read after a write to 1 pin'),
-            comparison('reference_read_after_26_writes_us',
-                       'reference server: read after writes to 26 pins, median', 'µs',
-                       placement, get(REFERENCE, 'read_after_26_writes_us'),
-                       get(REFERENCE, 'read_after_1_write_us'), echo,
-                       baseline_name='reference server: read after a write to 1 pin'),
-        ]
+        rows += round_trip_rows(results, placement)
     return rows
+
+
+def round_trip_rows(results, placement):
+    """The round-trip figures of one placement."""
+    def get(subject, metric):
+        return series(results, placement, subject, metric)
+    echo = get(ECHO, 'echo_us')
+    return [
+        comparison('read_us', 'gpiozero read (pin.state), median', 'µs', placement,
+                   get(OURS, 'read_us'), get(REFERENCE, 'read_us'), echo,
+                   Target(ROUND_TRIP_LIMIT, on_ratio=True)),
+        comparison('write_read_us', 'write→read round trip, median', 'µs', placement,
+                   get(OURS, 'write_read_us'), get(REFERENCE, 'write_read_us'), echo,
+                   Target(ROUND_TRIP_LIMIT, on_ratio=True)),
+        comparison('read_after_1_write_us', 'read after a write to 1 pin, median', 'µs',
+                   placement, get(OURS, 'read_after_1_write_us'),
+                   get(REFERENCE, 'read_after_1_write_us'), echo),
+        comparison('read_after_26_writes_us', 'read after writes to 26 pins, median', 'µs',
+                   placement, get(OURS, 'read_after_26_writes_us'),
+                   get(OURS, 'read_after_1_write_us'), echo,
+                   Target(FAN_OUT_LIMIT, on_ratio=True),
+                   baseline_name='our server: read after a write to 1 pin'),
+        comparison('reference_read_after_26_writes_us',
+                   'reference server: read after writes to 26 pins, median', 'µs',
+                   placement, get(REFERENCE, 'read_after_26_writes_us'),
+                   get(REFERENCE, 'read_after_1_write_us'), echo,
+                   baseline_name='reference server: read after a write to 1 pin'),
+    ]
 
 
 def measure_round_trips(servers, plan):

@@ -367,7 +367,7 @@ def measure_pipelined(factory, gpios, plan, key, server_pid):
     return figures, details
 
 
-# 4. Claiming pins, idle CPU and memory -------------------------------------------------------------------
+# 4. Claiming pins, idle CPU and memory -------------------------------------------
 
 def claim_devices(factory, gpios, seconds):
     """Construct an OutputDevice on each of *gpios*; return (devices, ms for each)."""

@@ -7,7 +7,8 @@ Only the part of the README between the two marker comments
 ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->`` is
 rewritten: the run's machine line, a table of the figures compared with the
 reference server and the TCP echo (per placement), a table of the figures of
-our server alone, and one line naming the targets missed, if any. The
+our server alone, one line listing the checks that had to count 0 and did,
+and one line naming the targets missed, if any. The
 numbers come from the JSON only; nobody edits them by hand.
 
 A quick run (``--quick``) or a run of some phases (``--only``) is refused
@@ -144,11 +145,25 @@ def missed_line(figures):
     return f'Targets missed ({len(missed)}): ' + '; '.join(names) + '.'
 
 
+def is_check(figure):
+    """A count that must be 0 (writes lost, events amiss, …) and is."""
+    return (figure['unit'] == 'count' and figure.get('target') == '≤ 0'
+            and figure.get('passed') is True)
+
+
+def checks_line(checks):
+    if not checks:
+        return []
+    names = '; '.join(f['name'] for f in checks)
+    return [f'Checks that must count 0, and did: {names}.', '']
+
+
 def block(report):
     """The Markdown between the markers."""
     figures = report['figures']
     compared = [f for f in figures if f.get('placement')]
-    alone = [f for f in figures if not f.get('placement')]
+    checks = [f for f in figures if not f.get('placement') and is_check(f)]
+    alone = [f for f in figures if not f.get('placement') and not is_check(f)]
     repeats = report['plan'].get('repeats', 1)
     lines = [START,
              '<!-- Written by `python -m bench.readme` from the benchmark\'s JSON: do not edit. -->',
@@ -158,8 +173,8 @@ def block(report):
                   'repetitions [their range]; ratios within one placement:', '']
         lines += compared_table(compared) + ['']
     if alone:
-        lines += ['Our server alone, and checks:', ''] + alone_table(alone) + ['']
-    lines += [missed_line(figures), END]
+        lines += ['Our server alone:', ''] + alone_table(alone) + ['']
+    lines += checks_line(checks) + [missed_line(figures), END]
     return '\n'.join(lines)
 
 

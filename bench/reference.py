@@ -291,7 +291,10 @@ class ReferenceServer:
     # Timers ----------------------------------------------------------------------
 
     def at(self, deadline, callback):
-        """Call ``callback()`` (the lock held) at *deadline*; it returns ``(conn, message)`` to push, or None."""
+        """
+        Call ``callback()`` (the lock held) at *deadline*; it returns
+        ``(conn, message)`` to push, or None.
+        """
         heapq.heappush(self.timers, (deadline, next(self.timer_numbers), callback))
         self.timer_due.notify()
 
