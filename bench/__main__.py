@@ -54,8 +54,9 @@ is between numbers of the same placement. Affinities are restored afterwards.
 **Comparisons again:**
 
 8. ``events``: edge on the server → gpiozero callback, on a virtual jumper
-   wire (``--mock-wire 0:1``), one edge at a time: ``monotonic()`` in the
-   callback − the edge's server time converted to our clock. Against the
+   wire (``--mock-wire 0:1``), one edge at a time, 150 per repetition (40
+   with --quick): ``monotonic()`` in the callback − the edge's server time
+   converted to our clock. Against the
    one-way floor, half an echo round trip in the same placement (target ≤
    4× it, the former 2× the echo round trip). Events missing, extra or of
    the wrong level: target 0.
@@ -71,7 +72,7 @@ is between numbers of the same placement. Affinities are restored afterwards.
     ``writes`` counter (none lost, duplicated or reordered), the slowest
     pin's rate (≥ 24.5 Hz), lateness and the server's CPU.
 11. ``read_load``: 8 client processes (:mod:`bench.readclient`) × 3 pins,
-    reading as fast as they can for 2 s (0.5 s with --quick) per window, on
+    reading as fast as they can for 1.5 s (0.5 s with --quick) per window, on
     our server and on the reference server, interleaved, in both placements
     (the clients on the client CPU): aggregate reads/s (target ≥ 0.7× the
     reference server's) and the p99 of the reads' round trips.

@@ -486,7 +486,7 @@ def measure_events(servers, plan, wire_gpios):
         warmup = wire.warmup
     finally:
         if wire is not None:
-            wire.close()
+            wire.close()        # a no-op once closed
         factory.close()
     faulty = sum(totals.get(outcome, 0) for outcome in EVENT_OUTCOMES) + late
     rows = event_figures(results, used) + [
