@@ -3,7 +3,7 @@ remoteio-server: the daemon that runs on the Raspberry Pi and drives its pins
 for remote gpiozero clients (:mod:`remoteio_factory`).
 
 Flow: client → wire → **server** (:mod:`.daemon`, :mod:`.session`) →
-:mod:`.registry` → pin worker process (:mod:`.worker`, started by
+:mod:`.pintable` → pin worker process (:mod:`.worker`, started by
 :mod:`.spawner`) → gpiozero pin of the local backend (:mod:`.backends`).
 
 Run it with the ``remoteio-server`` command, or from Python::

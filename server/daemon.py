@@ -51,7 +51,8 @@ from remoteio_factory.protocol import MODES
 from remoteio_factory._version import __version__
 from remoteio_server import backends
 from remoteio_server.access import AccessPolicy, peer_address
-from remoteio_server.registry import Registry
+from remoteio_server.pintable import Registry
+from remoteio_server.records import RecordTable
 from remoteio_server.session import (
     ADMIT_TIMEOUT, FIRST_LINE_TIMEOUT, SEND_TIMEOUT, Session, printable)
 from remoteio_server.spawner import Spawner
@@ -636,7 +637,8 @@ class Server:
     def start(self):
         """Resolve the backend, start the spawner and listen. Returns the bound port."""
         env, self._workdir = backends.worker_environment()
-        self.spawner = Spawner(None, self.revision, self.spares, env=env)
+        self.records = RecordTable()      # before the zygote: every worker inherits it
+        self.spawner = Spawner(None, self.revision, self.spares, env=env, records=self.records)
         try:
             backend, revision, reasons = self.spawner.probe(self.requested_backend)
         except Exception:
@@ -657,7 +659,7 @@ class Server:
                     self._close_spawner()
                     raise ValueError(f'--mock-wire: GPIO{gpio} is not a GPIO of this board')
         self.spawner.use(backend, revision if backend == 'mock' else None)
-        self.registry = Registry(self.spawner, gpios, self.mock_wires)
+        self.registry = Registry(self.spawner, gpios, self.mock_wires, self.records)
         try:
             self._listener = self._listen()
         except ListenError:

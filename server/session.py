@@ -33,14 +33,13 @@ from collections import deque
 from remoteio_factory import protocol
 from remoteio_factory.protocol import MODES, ProtocolError, error_reply, encode
 from remoteio_factory.tasks import KINDS as TASK_KINDS
-from remoteio_server import spi
-from remoteio_server.registry import worker_died
 from remoteio_factory.tasks import Task
+from remoteio_server import spi
+from remoteio_server.messages import Op
+from remoteio_server.pintable import BARRIER_TIMEOUT, PinStatus, wait_caught_up, worker_died
 
 log = logging.getLogger('remoteio_server.session')
 
-#: How long a read waits for the connection's other pins to catch up.
-BARRIER_TIMEOUT = 10.0
 #: A client that does not take its replies for this long is disconnected. With a
 #: lease (the default) the lease is that limit instead.
 SEND_TIMEOUT = 10.0
@@ -56,8 +55,16 @@ AUTH_TIMEOUT = ADMIT_TIMEOUT
 #: reading the connection (TCP then holds the client back).
 INBOX_LIMIT = 1 << 20
 
-#: A line this short that names ``heartbeat`` may be answered by the loop (Session.received).
-_QUICK_LINE = 200
+#: A line this short may be carried out by the loop itself, when it waits for
+#: nothing (Session.received).
+_QUICK_LINE = 240
+#: Requests the loop may carry out itself: answered at once (heartbeat, a read
+#: from a pin's record) or handed to a pin's worker without waiting.
+_QUICK_OPS = frozenset({'heartbeat', 'read', 'write', 'setup', 'frequency', 'pull', 'edges',
+                        'subscribe', 'task'})
+#: ... provided fewer than this many replies wait to be sent (else the handler
+#: thread takes them, which waits for the client to read: back-pressure).
+_QUICK_OUTBOX = 64 * 1024
 
 _CONTROL = {i: f'\\x{i:02x}' for i in range(32)}
 _CONTROL.update({9: '\\t', 10: '\\n', 13: '\\r', 127: '\\x7f'})
@@ -79,11 +86,6 @@ def printable(text, limit=200):
                    for c in text)
 
 
-def _is_heartbeat(line):
-    try:
-        return protocol.decode(line).get('op') == 'heartbeat'
-    except ProtocolError:
-        return False
 
 
 class ClientReply:
@@ -195,11 +197,10 @@ class Session:
         for index, line in enumerate(lines):
             self.got_line = True
             if self._thread is not None:
-                if (len(line) <= _QUICK_LINE and b'"heartbeat"' in line and not self.closed
-                        and not self.busy and not self._inbox and _is_heartbeat(line)):
-                    # The handler has nothing to do: a heartbeat, which waits for
-                    # nothing, is answered here, in order, without a thread hand-off.
-                    self.handle_line(line)
+                if (len(line) <= _QUICK_LINE and not self.closed and not self.busy
+                        and not self._inbox and self._now(line)):
+                    # The handler had nothing to do, and this request waits for nothing:
+                    # carried out here, in order, without a thread hand-off.
                     continue
                 self._queue(lines[index:], error)
                 return self._inbox_bytes < INBOX_LIMIT
@@ -331,10 +332,48 @@ class Session:
         finally:
             self.close(reason)
 
-    def handle_line(self, line):
-        id = message = None
+    def _now(self, line):
+        """
+        On the loop's thread: carry out *line* now if it waits for nothing (see
+        _QUICK_OPS) and return True; else False, and the handler thread takes it.
+        A read qualifies when the connection's other pins have caught up and its
+        pin's record answers it; a request for a worker when the worker's pipe
+        has room for it (the send cannot block: ClaimedPin.can_post).
+        """
         try:
             message = protocol.decode(line)
+        except Exception:           # (RecursionError too): the handler reports it
+            return False
+        op = message.get('op')
+        if type(op) is not str or op not in _QUICK_OPS or self.server.stopping or \
+                self.channel.queued >= _QUICK_OUTBOX:
+            return False
+        if op != 'heartbeat':
+            gpio = message.get('pin')
+            pin = self.pins.get(gpio) if type(gpio) is int else None
+            if pin is None or not pin.can_post():
+                return False
+            if op == 'read':
+                if not (pin.is_output() or self.caught_up(except_pin=pin)):
+                    return False        # the handler waits for the other pins
+                try:
+                    id = protocol.get_id(message)
+                except ProtocolError:
+                    return False
+                state = pin.read_record()
+                if state is not None:
+                    self.reply(id, **state)
+                else:                   # its own worker answers, after what it was sent
+                    pin.forward(Op.READ, {}, ClientReply(self, id, False, pin.gpio))
+                return True
+        self.handle_line(line, message)
+        return True
+
+    def handle_line(self, line, message=None):
+        id = None
+        try:
+            if message is None:
+                message = protocol.decode(line)
             id = protocol.get_id(message)
             op = message.get('op')
             if not isinstance(op, str):
@@ -368,9 +407,9 @@ class Session:
     def owned(self, message):
         gpio = protocol.get_gpio(message, self.server.registry.gpios)
         pin = self.pins.get(gpio)
-        if pin is not None and pin.status == 'releasing':
+        if pin is not None and pin.status is PinStatus.RELEASING:
             raise ProtocolError('pin_closed', f'GPIO{gpio} is closed (finishing its work)')
-        if pin is None or pin.status != 'claimed':
+        if pin is None or pin.status is not PinStatus.CLAIMED:
             raise ProtocolError('not_claimed', f'GPIO{gpio} is not claimed by this connection')
         return pin
 
@@ -400,21 +439,13 @@ class Session:
 
     def wait_caught_up(self, except_pin=None):
         """Block until every pin but *except_pin* has taken what was sent to it."""
-        # Pins being released are left out: their soft close carries out what was sent.
-        others = [p for p in list(self.pins.values())
-                  if p is not except_pin and p.status == 'claimed']
-        deadline = time.monotonic() + BARRIER_TIMEOUT
-        for pin in others:
-            try:
-                pin.sync(max(0.001, deadline - time.monotonic()))
-            except ProtocolError:
-                if pin.status == 'claimed':
-                    raise                 # else: released meanwhile, nothing to wait for
-        with self._progress:
-            if not self._progress.wait_for(lambda: not any(p.busy for p in others),
-                                           max(0.0, deadline - time.monotonic())):
-                raise ProtocolError('timeout', f'the other pins did not catch up within '
-                                               f'{BARRIER_TIMEOUT:g} s')
+        wait_caught_up([p for p in set(self.pins.values()) if p is not except_pin],
+                       self._progress, BARRIER_TIMEOUT)
+
+    def caught_up(self, except_pin=None):
+        """True if every pin but *except_pin* has taken what was sent to it (no waiting)."""
+        return all(p is except_pin or p.status is not PinStatus.CLAIMED or p.caught_up()
+                   for p in self.pins.values())
 
     def reply(self, id, **fields):
         self.send(dict(id=id, ok=True, **fields))
@@ -482,7 +513,7 @@ class Session:
             raise ProtocolError('limit', f'a connection may claim at most {self.server.max_pins} pins')
         pin, state = self.server.registry.claim(gpio, self)
         if state is None:
-            state = pin.call('read', {})
+            state = pin.call(Op.READ, {})
         self.pins[gpio] = pin
         self.claimed_any = True
         self.reply(id, pin=gpio, **state)
@@ -500,26 +531,31 @@ class Session:
             raise ProtocolError('bad_request', "'state' goes with function 'output' only")
         if pull is not None and function != 'input':
             raise ProtocolError('bad_request', "'pull' goes with function 'input' only")
-        self.forward(id, message, 'setup', {'function': function, 'state': state, 'pull': pull})
+        self.forward(id, message, Op.SETUP, {'function': function, 'state': state, 'pull': pull})
 
     def on_write(self, id, message):
         state = protocol.get_state(message)
-        self.forward(id, message, 'write', {'state': state})
+        self.forward(id, message, Op.WRITE, {'state': state})
 
     def on_frequency(self, id, message):
         frequency = protocol.get_frequency(message)
         if frequency is not None and not self.server.capabilities['pwm']:
             raise ProtocolError('pwm_unsupported', f'the {self.server.backend} backend has no PWM')
-        self.forward(id, message, 'frequency', {'frequency': frequency})
+        self.forward(id, message, Op.FREQUENCY, {'frequency': frequency})
 
     def on_pull(self, id, message):
         pull = protocol.get_str(message, 'pull', protocol.PULLS, 'invalid_pull')
-        self.forward(id, message, 'pull', {'pull': pull})
+        self.forward(id, message, Op.PULL, {'pull': pull})
 
     def on_read(self, id, message):
         pin = self.owned(message)
-        self.wait_caught_up(except_pin=pin)
-        pin.forward('read', {}, ClientReply(self, id, False, pin.gpio))
+        if not pin.is_output():           # an output reads what its own worker drives
+            self.wait_caught_up(except_pin=pin)
+        state = pin.read_record()
+        if state is not None:
+            self.reply(id, **state)
+        else:
+            pin.forward(Op.READ, {}, ClientReply(self, id, False, pin.gpio))
 
     def on_task(self, id, message):
         kind = protocol.get_str(message, 'task', TASK_KINDS)
@@ -539,7 +575,11 @@ class Session:
         if task.uses_pwm and not self.server.capabilities['pwm']:
             raise ProtocolError('pwm_unsupported', f'{kind} needs PWM; the {self.server.backend} '
                                                    f'backend has none')
-        self.forward(id, message, 'task', args)
+        # Acknowledged once validated and on its way to the worker (whose pipe keeps
+        # the order); a refusal there, or a failure when it runs, ends it (task_end).
+        pin = self.owned(message)
+        pin.forward(Op.TASK, args, ClientReply(self, id, True, pin.gpio))
+        self.reply(id)
 
     def on_edges(self, id, message):
         edges = protocol.get_str(message, 'edges', protocol.EDGES, 'invalid_edges')
@@ -548,14 +588,14 @@ class Session:
                                    or not 0 <= bounce <= protocol.MAX_BOUNCE):
             raise ProtocolError('invalid_bounce', f"field 'bounce' must be null or a number of "
                                                   f'seconds from 0 to {protocol.MAX_BOUNCE}')
-        self.forward(id, message, 'edges', {'edges': edges, 'bounce': bounce})
+        self.forward(id, message, Op.EDGES, {'edges': edges, 'bounce': bounce})
 
     def on_subscribe(self, id, message):
         events = protocol.get_bool(message, 'events', True)
         if events and not self.server.capabilities['edges']:
             raise ProtocolError('edge_detect_unsupported',
                                 f'the {self.server.backend} backend has no edge detection')
-        self.forward(id, message, 'subscribe', {'events': events})
+        self.forward(id, message, Op.SUBSCRIBE, {'events': events})
 
     def on_drive(self, id, message):
         if self.server.backend != 'mock':

@@ -163,11 +163,14 @@ class Worker:
 class Zygote:
     """The zygote process and its control socket."""
 
-    def __init__(self, env=None):
+    def __init__(self, env=None, records_fd=None):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.process = subprocess.Popen(
-            [sys.executable, '-m', 'remoteio_server.zygote', str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
+        command = [sys.executable, '-m', 'remoteio_server.zygote', str(theirs.fileno())]
+        fds = [theirs.fileno()]
+        if records_fd is not None:
+            command.append(str(records_fd))
+            fds.append(records_fd)
+        self.process = subprocess.Popen(command, pass_fds=fds, stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         self.control = ours
         self._replies = ours.makefile('rb')
@@ -216,13 +219,14 @@ class Zygote:
 class Spawner:
     """Starts workers for one backend and keeps *spares* of them ready."""
 
-    def __init__(self, backend, revision=None, spares=2, env=None):
+    def __init__(self, backend, revision=None, spares=2, env=None, records=None):
         self.backend = backend
         self.revision = revision
         self.spares = spares
         self._env = env
+        self._records_fd = records.fd if records is not None else None
         self._requested = None        # what probe() was asked for (auto, or a backend)
-        self._zygote = Zygote(env)
+        self._zygote = Zygote(env, self._records_fd)
         self._zygote_lock = threading.Lock()
         self._ready = []
         self._lock = threading.Lock()
@@ -277,7 +281,7 @@ class Spawner:
                 log.error('the zygote (pid %d) ended with status %s: starting a new one',
                           zygote.process.pid, zygote.process.returncode)
                 zygote.close()
-                self._zygote = Zygote(self._env)
+                self._zygote = Zygote(self._env, self._records_fd)
             zygote = self._zygote
         return zygote.run(target, *args)
 

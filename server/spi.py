@@ -7,7 +7,7 @@ the backend factory's SPI interface.
 
 A bus is owned by one worker process (taken from the spawner like a pin
 worker) that holds the clock, MOSI, MISO and select GPIOs as one unit. The
-registry records every one of those GPIOs as claimed by the session (so
+pin table records every one of those GPIOs as claimed by the session (so
 another client gets ``pin_in_use``, ``status`` shows them, and the end of the
 connection soft-closes the bus like a pin). In the worker, the backend's
 factory builds the interface: ``factory.spi(clock_pin=..., mosi_pin=...,
@@ -22,11 +22,14 @@ channel voltages (0..1 of Vref) are set with ``set_channel`` (``remoteio
 adc``), whether or not the bus is open.
 """
 
-import json
 import os
+import time
 
 from remoteio_factory import protocol
 from remoteio_factory.protocol import ProtocolError
+from remoteio_server.messages import (
+    Err, Ok, Op, decode_request, describe_error, encode, pin_error)
+from remoteio_server.pintable import CLAIM_TIMEOUT, NO_WORKER, ClaimedPin, PinStatus
 
 #: The select lines of bus 0 a simulated device may sit on (CE0, CE1).
 MOCK_SELECTS = {0: 8, 1: 7}
@@ -67,40 +70,24 @@ def configure_mock(devices):
 
 # The server's side -------------------------------------------------------------
 
-def _claimed_pin_class():
-    from remoteio_server.registry import ClaimedPin
-    return ClaimedPin
+class SPIBus(ClaimedPin):
+    """A claimed SPI bus: one worker, several GPIOs (``gpios``), keyed by its select GPIO."""
 
+    is_bus = True
 
-def _bus_class():
-    global SPIBus
-    if SPIBus is None:
-        ClaimedPin = _claimed_pin_class()
+    def __init__(self, registry, pins, owner, worker):
+        super().__init__(registry, pins['select'], owner, worker)
+        self.roles = {gpio: role for role, gpio in pins.items() if gpio is not None}
+        self.gpios = tuple(self.roles)
 
-        class _SPIBus(ClaimedPin):
-            """A claimed SPI bus: one worker, several GPIOs (``gpios``), keyed by its select GPIO."""
-
-            is_bus = True
-
-            def __init__(self, registry, pins, owner, worker):
-                super().__init__(registry, pins['select'], owner, worker)
-                self.roles = {gpio: role for role, gpio in pins.items() if gpio is not None}
-                self.gpios = tuple(self.roles)
-
-            def entries(self, info):
-                """One status entry per GPIO of the bus."""
-                out = {}
-                for gpio, role in self.roles.items():
-                    entry = dict(info)
-                    entry['spi'] = dict(info.get('spi') or {}, role=role)
-                    out[gpio] = entry
-                return out
-
-        SPIBus = _SPIBus
-    return SPIBus
-
-
-SPIBus = None
+    def entries(self, info):
+        """One status entry per GPIO of the bus."""
+        out = {}
+        for gpio, role in self.roles.items():
+            entry = dict(info)
+            entry['spi'] = dict(info.get('spi') or {}, role=role)
+            out[gpio] = entry
+        return out
 
 
 def _mock_values(registry):
@@ -113,8 +100,6 @@ def _mock_values(registry):
 
 def claim_bus(registry, pins, session, mock=False, timeout=None):
     """Claim every GPIO of *pins* (role -> gpio) for *session*, with one worker; return the bus."""
-    import time
-    from remoteio_server.registry import CLAIM_TIMEOUT, _NO_WORKER
     timeout = CLAIM_TIMEOUT if timeout is None else timeout
     deadline = time.monotonic() + timeout
     gpios = [g for g in pins.values() if g is not None]
@@ -126,7 +111,7 @@ def claim_bus(registry, pins, session, mock=False, timeout=None):
             if not held:
                 break
             for gpio, current in held:
-                if current.status in ('claiming', 'claimed'):
+                if current.status in (PinStatus.CLAIMING, PinStatus.CLAIMED):
                     if current.owner is session:
                         raise ProtocolError('pin_in_use', f'GPIO{gpio} is in use by this '
                                                           f'connection already')
@@ -136,7 +121,7 @@ def claim_bus(registry, pins, session, mock=False, timeout=None):
                 raise ProtocolError('pin_in_use', f'GPIO{held[0][0]} is still finishing the '
                                                   f'work of another client (soft close) after '
                                                   f'{timeout:g} s; try again later')
-        bus = _bus_class()(registry, pins, session, _NO_WORKER)
+        bus = SPIBus(registry, pins, session, NO_WORKER)
         for gpio in gpios:
             registry._claimed[gpio] = bus
 
@@ -163,15 +148,15 @@ def claim_bus(registry, pins, session, mock=False, timeout=None):
     args = {'pins': pins, 'mode': session.mode, 'device': device,
             'channels': _mock_values(registry).get(select) if device else None}
     try:
-        state = bus.call('spi_claim', args, max(0.5, deadline - time.monotonic()))
+        state = bus.call(Op.SPI_CLAIM, args, max(0.5, deadline - time.monotonic()))
         with bus._lock:
-            if bus.status == 'gone':
+            if bus.status is PinStatus.GONE:
                 raise ProtocolError('worker_died', 'the worker of the SPI bus ended')
-            bus.status = 'claimed'
+            bus.status = PinStatus.CLAIMED
     except (ProtocolError, TimeoutError):
         with bus._lock:
-            if bus.status != 'gone':
-                bus.status = 'abandoned'
+            if bus.status is not PinStatus.GONE:
+                bus.status = PinStatus.ABANDONED
         worker.terminate()
         forget()
         raise
@@ -232,9 +217,9 @@ def _owned_bus(session, message):
     if bus is None or not getattr(bus, 'is_bus', False) or bus.gpio != select:
         raise ProtocolError('not_claimed', f'no SPI bus with select GPIO{select} is open '
                                            f'on this connection')
-    if bus.status == 'releasing':
+    if bus.status is PinStatus.RELEASING:
         raise ProtocolError('pin_closed', f'the SPI bus of GPIO{select} is closing')
-    if bus.status != 'claimed':
+    if bus.status is not PinStatus.CLAIMED:
         raise ProtocolError('not_claimed', f'the SPI bus of GPIO{select} is not open')
     return bus
 
@@ -252,7 +237,7 @@ def on_open(session, id, message):
     session.claimed_any = True
     if settings:
         try:
-            state = bus.call('configure', settings)
+            state = bus.call(Op.CONFIGURE, settings)
         except ProtocolError:
             session.pins.get(bus.gpio) is bus and bus.release()
             raise
@@ -273,13 +258,13 @@ def on_transfer(session, id, message):
         raise ProtocolError('bad_request', f"field 'data' must be a list of at most {MAX_WORDS} "
                                            f'unsigned integer words')
     session.wait_caught_up(except_pin=bus)
-    bus.forward('transfer', {'data': data}, ClientReply(session, id, False, None))
+    bus.forward(Op.TRANSFER, {'data': data}, ClientReply(session, id, False, None))
 
 
 def on_config(session, id, message):
     from remoteio_server.session import ClientReply
     bus = _owned_bus(session, message)
-    bus.forward('configure', _get_settings(message), ClientReply(session, id, False, None))
+    bus.forward(Op.CONFIGURE, _get_settings(message), ClientReply(session, id, False, None))
 
 
 def on_close(session, id, message):
@@ -308,8 +293,8 @@ def on_set_channel(session, id, message):
     with registry._lock:
         bus = registry._claimed.get(select)
     route = ClientReply(session, id, False, None)
-    if bus is not None and getattr(bus, 'is_bus', False) and bus.status in ('claimed', 'releasing'):
-        bus.forward('set_channel', {'channel': channel, 'value': float(value)}, route)
+    if bus is not None and getattr(bus, 'is_bus', False) and bus.status in (PinStatus.CLAIMED, PinStatus.RELEASING):
+        bus.forward(Op.SET_CHANNEL, {'channel': channel, 'value': float(value)}, route)
     else:
         route.finish({}, None)
 
@@ -463,34 +448,32 @@ class BusWorker:
         return final
 
     def handle(self, raw):
-        from remoteio_server.worker import describe_error, pack
-        seq, op, args, request_id = json.loads(raw)
+        seq, op, args, request_id = decode_request(raw)
         try:
-            if op == 'transfer':
+            if op == Op.TRANSFER:
                 result = {'data': self.transfer(args['data'])}
-            elif op == 'configure':
+            elif op == Op.CONFIGURE:
                 result = self.configure(args)
-            elif op == 'set_channel':
+            elif op == Op.SET_CHANNEL:
                 if self.device is not None:
                     self.device.channels[args['channel']] = args['value']
                 result = {}
-            elif op == 'snapshot':
+            elif op == Op.SNAPSHOT:
                 result = self.snapshot()
-            elif op in ('sync', 'halt'):
+            elif op in (Op.SYNC, Op.HALT):
                 result = {}
-            elif op == 'read':
+            elif op == Op.READ:
                 result = {'function': 'spi', 'state': None, 'frequency': None, 'pull': None}
-            elif op == 'release':
+            elif op == Op.RELEASE:
                 result = self.release()
             else:
                 raise ProtocolError('bad_request', f'{op!r} does not apply to an SPI bus')
         except ProtocolError as exc:
-            self.conn.send_bytes(pack(['err', seq, {'code': exc.code, 'type': 'RemoteIOPinError',
-                                                    'message': str(exc)}, request_id]))
+            self.conn.send_bytes(encode(Err(seq, pin_error(exc.code, str(exc)), request_id)))
         except Exception as exc:
-            self.conn.send_bytes(pack(['err', seq, describe_error(exc), request_id]))
+            self.conn.send_bytes(encode(Err(seq, describe_error(exc), request_id)))
         else:
-            self.conn.send_bytes(pack(['ok', seq, result]))
+            self.conn.send_bytes(encode(Ok(seq, result)))
 
     def run(self):
         while not self.released:
@@ -500,13 +483,13 @@ class BusWorker:
 def serve_bus(conn, factory, backend, seq, args):
     """The worker's life as an SPI bus (called by ``worker._main`` for ``spi_claim``)."""
     import signal
-    from remoteio_server.worker import Terminated, describe_error, pack
+    from remoteio_server.worker import Terminated
     try:
         bus = BusWorker(conn, factory, backend, args)
     except Exception as exc:
-        conn.send_bytes(pack(['err', seq, describe_error(exc), None]))
+        conn.send_bytes(encode(Err(seq, describe_error(exc))))
         return
-    conn.send_bytes(pack(['ok', seq, bus.settings()]))
+    conn.send_bytes(encode(Ok(seq, bus.settings())))
     try:
         bus.run()
     except (EOFError, OSError, Terminated):

@@ -23,17 +23,16 @@ The worker sleeps whenever it has nothing to do: on its pipe when idle, or
 until the next deadline of the running task (absolute deadlines on the
 monotonic clock, so a long blink never drifts). It never polls.
 
-The pipe carries JSON arrays (``send_bytes``), built by the server from
-fields it has already validated. To the worker: ``[seq, op, args, id]``
-(*id*: the client's request id, or null). From it: ``["ready", pid]``,
-``["ok", seq, result]``, ``["err", seq, error, id]`` and
-``["end", seq, result, error]`` (a timed task ended: ``completed``,
-``replaced``, ``superseded``, ``stopped`` or ``failed``). Timed tasks are
+The messages on its pipe are those of :mod:`.messages`. Timed tasks are
 answered when accepted; reads, snapshots, ``sync`` and ``halt`` (the server is
 stopping: end the running task, drop the queue) at once; ``setup``,
 ``frequency``, ``pull`` and ``release`` when they have run; a write only if
 it fails, or when it has run if asked to (``reply``). ``sync`` therefore tells the
 server that every write sent before it has been taken.
+
+After each request it takes, and after each change of the pin (a task's
+level, an input's edge), the worker publishes the pin's record in shared
+memory (:mod:`.records`): the server answers most reads from it.
 """
 
 import gc
@@ -48,8 +47,11 @@ from collections import deque
 
 from gpiozero.exc import PinPWMFixedValue, PinPWMUnsupported, PinSetInput
 
-from remoteio_factory.protocol import CODE_FOR_EXCEPTION
+from remoteio_server import records
 from remoteio_server.backends import BUILD_AT_CLAIM, CAPABILITIES, build_factory
+from remoteio_server.messages import (
+    End, Err, Event, Level, Ok, Op, Ready, decode_request, describe_error, encode,
+    ok_then_history, pin_error)
 from remoteio_factory.tasks import Task
 
 # Preloaded by the spawner so that every worker starts with gpiozero imported.
@@ -77,21 +79,13 @@ EDGE_LEVELS = {'both': (0, 1), 'rising': (1,), 'falling': (0,), 'none': ()}
 
 
 def pack(message):
-    """Encode a message for the pipe between the server and a worker."""
+    """Encode *message* (JSON) for the pipe (history entries are kept encoded this way)."""
     return json.dumps(message, separators=(',', ':')).encode('utf-8')
 
 
-def describe_error(exc):
-    """Map an exception raised by the backend to a protocol error dict."""
-    for cls in type(exc).__mro__:
-        if cls.__module__ == 'gpiozero.exc' and cls.__name__ in CODE_FOR_EXCEPTION:
-            return {'code': CODE_FOR_EXCEPTION[cls.__name__], 'type': cls.__name__,
-                    'message': str(exc) or cls.__name__}
-    if type(exc).__module__ == 'gpiozero.exc':
-        return {'code': 'backend_error', 'type': type(exc).__name__,
-                'message': str(exc) or type(exc).__name__}
-    return {'code': 'backend_error', 'type': 'PinError',
-            'message': f'{type(exc).__name__}: {exc}'}
+def _task_fields(args):
+    """A task request's fields for :class:`Task` (without the worker's own)."""
+    return {key: value for key, value in args.items() if key != 'reply'}
 
 
 class Job:
@@ -108,8 +102,13 @@ class Job:
 class PinWorker:
     """Carries out the jobs for one pin; see the module docstring."""
 
-    def __init__(self, conn, factory, gpio, backend, mode, report_levels=False):
+    def __init__(self, conn, factory, gpio, backend, mode, report_levels=False, record=None):
         self.conn = conn
+        self.record = record              # this pin's shared record (records.RecordWriter)
+        self.taken = 0                    # seq of the last request taken
+        self._current = None              # the state last recorded
+        self._deferred = False            # inside handle(): publish once, at its end
+        self.watching = False             # edge callbacks on both edges keep the record fresh
         self.factory = factory
         self.gpio = gpio
         self.mode = mode
@@ -186,9 +185,12 @@ class PinWorker:
                     # not an encoding that would hold up this pin's timing
                     self.history.append(pack({'t': now, key: value}).decode())
                     changed = changed or key != 'frequency'
+            self._current = current
+            if not self._deferred:
+                self.publish()
             if changed and self.report_levels and current['function'] == 'output':
                 # a --mock-wire: the input it is wired to follows (an input drives nothing)
-                self.send(['level', int(current['state'] >= 0.5)])
+                self.send(Level(int(current['state'] >= 0.5)))
         # MockPin keeps every change it has ever seen; a daemon must not grow.
         states = getattr(self.pin, 'states', None)
         if isinstance(states, list) and len(states) > 64:
@@ -228,9 +230,7 @@ class PinWorker:
         """Answer a snapshot, splicing in the history as it was stored (encoded)."""
         result = self.snapshot(0)
         del result['history']
-        head = pack(['ok', seq, result])            # ...}]
-        history = ','.join(self._history_tail(count)).encode()
-        self.send_raw(head[:-2] + b',"history":[' + history + b']}]')
+        self.send_raw(ok_then_history(seq, result, self._history_tail(count)))
 
     # Plain operations --------------------------------------------------------
     # Each takes the validated args dict; a result op returns its result.
@@ -267,6 +267,7 @@ class PinWorker:
         pin.edges = args['edges']
         pin.bounce = args['bounce']
         self.bounce = args['bounce']
+        self._watch()
         return self._record()
 
     def run_subscribe(self, args):
@@ -274,7 +275,12 @@ class PinWorker:
             self._last_level = int(bool(self.pin.state))
             self._last_event = None
         self.pin.when_changed = self._on_change if args['events'] else None
+        self._watch()
         return self._record()
+
+    def _watch(self):
+        """Does the backend report every change of the pin to us (the record stays fresh)?"""
+        self.watching = self.pin.edges == 'both' and self.pin.when_changed is not None
 
     def _on_change(self, ticks, state):
         """The backend saw an edge (on its own thread, or on ours for mock)."""
@@ -313,7 +319,7 @@ class PinWorker:
         self._last_event = t
         self._last_level = level
         self.events += 1
-        self.send(['event', t, level, self.events])
+        self.send(Event(t, level, self.events))
 
     def drive(self, level):
         """Set the level of a mock input (``remoteio drive``, ``--mock-wire``)."""
@@ -363,6 +369,9 @@ class PinWorker:
             pin.close()
         finally:
             self._record_closed()
+            self.watching = False
+            if self.record is not None:
+                self.record.withdraw()
         self.released = True
         return self.snapshot()
 
@@ -415,16 +424,16 @@ class PinWorker:
             except Exception as exc:  # report, but the task has ended either way
                 error = error or describe_error(exc)
         self._level = None
-        self.send(['end', job.seq, result, error])
+        self.send(End(job.seq, result, error))
 
     def _end_job(self, job, result, error=None):
         """A queued job that will never run."""
         if job.task is not None:
-            self.send(['end', job.seq, result, error])
+            self.send(End(job.seq, result, error))
         else:
-            self.send(['err', job.seq, error or {
-                'code': 'superseded', 'type': 'RemoteIOPinError',
-                'message': f'superseded by a later request ({self.mode} mode)'}, job.request_id])
+            self.send(Err(job.seq, error or pin_error(
+                'superseded', f'superseded by a later request ({self.mode} mode)'),
+                job.request_id))
 
     # The queue -----------------------------------------------------------------
 
@@ -519,44 +528,74 @@ class PinWorker:
         try:
             result = self.runners[job.op](job.args)
         except Exception as exc:
-            self.send(['err', job.seq, describe_error(exc), job.request_id])
+            self.send(Err(job.seq, describe_error(exc), job.request_id))
             return
         if job.op in RESULT_OPS or job.args.get('reply'):
-            self.send(['ok', job.seq, result or {}])
+            self.send(Ok(job.seq, result or {}))
 
     # Messages ------------------------------------------------------------------
 
     def handle(self, raw):
-        """Take one message from the server."""
-        seq, op, args, request_id = json.loads(raw)
-        if op == 'read':
-            self.send(['ok', seq, self.read_state()])
-        elif op == 'snapshot':
+        """Take one message from the server; then publish the record (it has taken *seq*)."""
+        seq, op, args, request_id = decode_request(raw)
+        self._deferred = True              # one record for the whole message, at its end
+        try:
+            self._handle(seq, op, args, request_id)
+        finally:
+            with self._lock:
+                self._deferred = False
+                self.taken = seq
+                self.publish()
+
+    def _handle(self, seq, op, args, request_id):
+        if op == Op.READ:
+            self.send(Ok(seq, self.read_state()))
+        elif op == Op.SNAPSHOT:
             self.send_snapshot(seq, args.get('history', HISTORY_LENGTH))
-        elif op == 'sync':
-            self.send(['ok', seq, {}])
-        elif op == 'halt':
+        elif op == Op.SYNC:
+            self.send(Ok(seq, {}))
+        elif op == Op.HALT:
             self.halt()
-            self.send(['ok', seq, {}])
-        elif op == 'drive':
+            self.send(Ok(seq, {}))
+        elif op == Op.DRIVE:
             try:
                 self.drive(args['state'])
             except Exception as exc:
-                self.send(['err', seq, describe_error(exc), request_id])
+                self.send(Err(seq, describe_error(exc), request_id))
             else:
-                self.send(['ok', seq, {}])
-        elif len(self.queue) >= MAX_QUEUE and op != 'release':
-            self.send(['err', seq, {'code': 'limit', 'type': 'RemoteIOError',
-                                    'message': f'GPIO{self.gpio} has {MAX_QUEUE} requests waiting '
-                                               f'already'}, request_id])
-        elif op == 'task':
-            self.send(['ok', seq, {}])   # accepted; its end is reported with 'end'
-            self.submit(Job(seq, op, args, request_id, Task(**args)))
+                self.send(Ok(seq, {}))
+        elif len(self.queue) >= MAX_QUEUE and op != Op.RELEASE:
+            error = pin_error('limit', f'GPIO{self.gpio} has {MAX_QUEUE} requests waiting '
+                                       f'already', 'RemoteIOError')
+            if op == Op.TASK:
+                self.send(End(seq, 'failed', error))     # (its sender has been told it was accepted)
+            else:
+                self.send(Err(seq, error, request_id))
+        elif op == Op.TASK:
+            if args.get('reply', True):
+                self.send(Ok(seq, {}))   # accepted; its end is reported with End
+            self.submit(Job(seq, op, args, request_id, Task(**_task_fields(args))))
         else:
             self.submit(Job(seq, op, args, request_id))
 
+    # The record --------------------------------------------------------------------
+
+    def live(self):
+        """True while the record follows the pin by itself (see :mod:`.records`)."""
+        if self.closed_state is not None:
+            return False
+        function = self._current['function'] if self._current else None
+        if function == 'output' or (self.backend == 'mock' and function == 'input'):
+            return True
+        return function == 'input' and self.watching
+
+    def publish(self):
+        """Rewrite the shared record from the last recorded state (under the lock)."""
+        if self.record is not None and self._current is not None:
+            self.record.publish(self.taken, self._current, self.live())
+
     def send(self, message):
-        self.send_raw(pack(message))
+        self.send_raw(encode(message))
 
     def send_raw(self, data):
         with self._lock:
@@ -641,28 +680,28 @@ def _main(conn, backend, revision, auto):
         try:
             factory = build_factory(backend, revision, auto)
         except Exception as exc:
-            conn.send_bytes(pack(['err', 0, describe_error(exc)]))
+            conn.send_bytes(encode(Err(0, describe_error(exc))))
             return
-    conn.send_bytes(pack(['ready', os.getpid()]))
+    conn.send_bytes(encode(Ready(os.getpid())))
     try:
         raw = conn.recv_bytes()
     except EOFError:
         raw = None
-    seq, op, args, _ = json.loads(raw) if raw is not None else (0, None, {}, None)
-    if op == 'spi_claim':              # an SPI bus, not a pin (remoteio_server.spi)
+    seq, op, args, _ = decode_request(raw) if raw is not None else (0, None, {}, None)
+    if op == Op.SPI_CLAIM:              # an SPI bus, not a pin (remoteio_server.spi)
         from remoteio_server.spi import serve_bus
         try:
             if factory is None:
                 factory = build_factory(backend, revision, auto)
             serve_bus(conn, factory, backend, seq, args)
         except Exception as exc:
-            conn.send_bytes(pack(['err', seq, describe_error(exc), None]))
+            conn.send_bytes(encode(Err(seq, describe_error(exc))))
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             if factory is not None:
                 factory.close()
         return
-    if op != 'claim':
+    if op != Op.CLAIM:
         if factory is not None:
             factory.close()
         return
@@ -671,16 +710,21 @@ def _main(conn, backend, revision, auto):
             factory = build_factory(backend, revision, auto)
         if backend == 'pigpio':
             _keep_monitored(factory, args['gpio'])     # before the pin's mode or pull changes
+        table = records.inherited()
         worker = PinWorker(conn, factory, args['gpio'], backend, args.get('mode', 'wait'),
-                           args.get('report_levels', False))
+                           args.get('report_levels', False),
+                           table.writer(args['gpio']) if table is not None else None)
         if args.get('level') is not None:      # a mock input's level, set before the claim
             worker.drive(args['level'])
     except Exception as exc:
-        conn.send_bytes(pack(['err', seq, describe_error(exc), None]))
+        conn.send_bytes(encode(Err(seq, describe_error(exc))))
         if factory is not None:
             factory.close()
         return
-    worker.send(['ok', seq, worker.read_state()])
+    with worker._lock:
+        worker.taken = seq
+        worker.publish()
+    worker.send(Ok(seq, worker.read_state()))
     try:
         worker.run()
     except (EOFError, OSError, Terminated):

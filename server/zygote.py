@@ -14,6 +14,10 @@ the zygote forks, the child runs it on that socket, and the zygote answers
 with the child's pid. It reaps its children as they end, and exits when the
 server closes the control socket (or dies).
 
+Its command line names the control socket and, optionally, the file holding
+the pins' shared records (:mod:`.records`), which it maps once: every worker
+it forks inherits the mapping.
+
 Requests are one JSON line: ``{"run": "worker"|"probe", "args": [...]}``.
 """
 
@@ -26,7 +30,7 @@ import socket
 import sys
 from multiprocessing.connection import Connection
 
-from remoteio_server import backends, worker
+from remoteio_server import backends, records, worker
 
 #: What a request may run, by name: nothing else can be started.
 TARGETS = {
@@ -112,6 +116,8 @@ def serve(control):
 
 def main():
     control = socket.socket(fileno=int(sys.argv[1]))
+    if len(sys.argv) > 2:
+        records.adopt(int(sys.argv[2]))     # the pins' shared records, for every worker
     try:
         serve(control)
     finally:

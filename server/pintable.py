@@ -1,26 +1,40 @@
 """
-Which pin belongs to whom, and the server's end of each pin worker.
+The pin table: which pin belongs to whom, each pin's shared record, and the
+server's end of each pin worker.
 
-Flow: server session → **registry / ClaimedPin** → pin worker.
+Flow: server session → **pin table** → pin worker (over :mod:`.messages`).
 
 A :class:`ClaimedPin` is one claimed GPIO: its owner (a session), its worker
-process and the operations forwarded to that worker and not yet
-acknowledged. A reader thread per pin takes the worker's acknowledgements
-and replies and routes each one to where it belongs (a client, or a thread
-of the server waiting for it). The :class:`Registry` hands pins out (one
-owner at a time), takes them back when their worker has switched them off
-and ended, and keeps the last history of every pin for ``status``.
+process, the requests forwarded to that worker and not yet answered, and the
+``seq`` of the last one sent. A reader thread per pin takes the worker's
+answers and routes each one to where it belongs (a client, or a thread of the
+server waiting for it).
+
+Reads and ordering. Each worker publishes its pin's record in shared memory
+(:mod:`.records`), including the ``seq`` of the last request it has taken.
+:meth:`ClaimedPin.read_record` answers a read from it when the record is live
+and the worker has taken everything sent to it (no message to the worker at
+all); :func:`wait_caught_up` is the read-your-writes barrier across a
+connection's pins: it looks at every pin's record, sends one ``sync`` to each
+pin that is still behind, all at once, and waits for their answers together,
+so its cost does not grow with the number of pins written.
+
+The :class:`Registry` (the table itself) hands pins out (one owner at a
+time), takes them back when their worker has switched them off and ended, and
+keeps the last history of every pin for ``status``.
 """
 
-import json
 import logging
 import threading
 import time
+from enum import Enum
 
 from remoteio_factory.protocol import ProtocolError, error_reply
-from remoteio_server.worker import pack
+from remoteio_server.messages import (
+    End, Err, Event, Level, Ok, Op, Request, decode_reply, encode, pin_error)
+from remoteio_server.records import RecordTable
 
-log = logging.getLogger('remoteio_server.registry')
+log = logging.getLogger('remoteio_server.pintable')
 
 #: How long the server waits for a worker to answer an internal request.
 INTERNAL_TIMEOUT = 10.0
@@ -33,10 +47,26 @@ CLAIM_TIMEOUT = 8.0
 SNAPSHOT_SEND_WAIT = 0.2
 
 
+#: How long a read waits for the connection's other pins to catch up.
+BARRIER_TIMEOUT = 10.0
+#: Requests a worker may have been sent and not yet taken for the server's loop
+#: to send it another: far less than its pipe holds (pin requests are under 1 KiB
+#: each and the pipe's buffer some 200 KiB), so such a send never blocks.
+POST_WINDOW = 64
+
+
+class PinStatus(str, Enum):
+    """Where a claimed pin is in its life."""
+    CLAIMING = 'claiming'       # a worker is being bound to it
+    CLAIMED = 'claimed'         # its owner drives it
+    RELEASING = 'releasing'     # soft close: finishing its work, then switched off
+    ABANDONED = 'abandoned'     # its claim failed: the claiming thread cleans up
+    GONE = 'gone'               # its worker has ended
+
+
 def worker_died(gpio, message='ended unexpectedly'):
     """The error for requests a pin's worker will never answer."""
-    return {'code': 'worker_died', 'type': 'RemoteIOPinError',
-            'message': f'the worker of GPIO{gpio} {message}'}
+    return pin_error('worker_died', f'the worker of GPIO{gpio} {message}')
 
 
 class InternalReply:
@@ -68,13 +98,19 @@ class ClaimedPin:
         self.gpios = (gpio,)           # every GPIO this claim holds (an SPI bus: several)
         self.owner = owner
         self.worker = worker
-        self.status = 'claiming'
+        self.status = PinStatus.CLAIMING
         self.final = None          # the worker's last snapshot, once released
         self.freed_event = threading.Event()
         self._seq = 0
         self._pending = {}              # seq -> route waiting for its answer
         self._tasks = {}                # seq -> route of a timed task not yet ended
-        self.unsynced = False           # quiet writes sent since the last sync
+        self.unsynced = False           # quiet requests sent since the last sync
+        # an input that follows a --mock-wire: its level arrives through our reader
+        # threads, so its record alone never tells that a read would see it
+        self.follows_wire = gpio in registry.wire_inputs
+        # an output that drives a --mock-wire: "caught up" needs a sync through
+        # its reader, which relays the level before answering
+        self.relays = gpio in registry.wires
         self._release_seq = None
         self._release_route = None      # answered when the pin is free again
         self._lock = threading.Lock()
@@ -95,63 +131,128 @@ class ClaimedPin:
         """True while requests sent to the worker wait for their answer."""
         return bool(self._pending)
 
+    @property
+    def sent(self):
+        """The seq of the last request sent (or being sent) to the worker."""
+        return self._seq
+
+    def read_record(self, record=None):
+        """
+        The pin's state as a ``read`` would return it, from its shared record;
+        None when the worker must answer (the record is not live, or the worker
+        has not yet taken every request sent to it, or one still waits for its
+        answer, which a read must not overtake).
+        """
+        if self._pending or self.follows_wire or self.status is not PinStatus.CLAIMED:
+            return None
+        if record is None:
+            record = self.record()
+        if record is None or not record.live or record.taken < self._seq:
+            return None
+        return record.as_read()
+
+    def record(self):
+        """This worker's shared record (:class:`records.Record`), or None."""
+        record = self.registry.records.read(self.gpio)
+        return record if record is not None and record.pid == self.worker.pid else None
+
+    def is_output(self):
+        """
+        True if the pin is an output (its record says so): what it reads is what
+        its own worker drives, so no other pin's write can change it.
+        """
+        record = self.record()
+        # (and no request still on its way might make it something else)
+        return record is not None and record.function == 'output' and record.taken >= self._seq
+
+    def can_post(self):
+        """True if a request sent to the worker now cannot block (see POST_WINDOW)."""
+        if self.status is not PinStatus.CLAIMED:
+            return False
+        record = self.registry.records.read(self.gpio)
+        return (record is not None and record.pid == self.worker.pid
+                and self._seq - record.taken < POST_WINDOW)
+
+    def caught_up(self):
+        """True if everything sent to the worker has been taken and answered (no message needed)."""
+        if self._pending:
+            return False
+        if not self.unsynced:
+            return True
+        if self.relays:
+            return False
+        record = self.registry.records.read(self.gpio)
+        if record is not None and record.pid == self.worker.pid and record.taken >= self._seq:
+            self.unsynced = False
+            return True
+        return False
+
     def forward(self, op, args, route):
         """
         Send *op* to the worker; *route*.finish(result, error) runs when it is
-        answered. A quiet write is not answered unless it fails (that saves
-        the server a wake-up per write); :meth:`sync` makes sure it has been
-        taken.
+        answered. A quiet write or task is not answered unless it fails (that
+        saves the server a wake-up per write); :meth:`caught_up` and
+        :meth:`sync` tell when it has been taken. A task's end goes to
+        *route*.task_ended.
         """
         request_id = getattr(route, 'id', None)
-        quiet_write = op == 'write' and getattr(route, 'quiet', False)
+        quiet = op in (Op.WRITE, Op.TASK) and getattr(route, 'quiet', False)
         with self._lock:
-            if self.status == 'gone':
+            if self.status is PinStatus.GONE:
                 route.finish(None, worker_died(self.gpio, 'has ended'))
                 return
             self._seq += 1
             seq = self._seq
-            if quiet_write:
+            if quiet:
                 self.unsynced = True
+                if op == Op.TASK:
+                    args = dict(args, reply=False)
             else:
                 self._pending[seq] = route
-                if op == 'write':
+                if op == Op.WRITE:
                     args = dict(args, reply=True)
-            if op == 'task':
+            if op == Op.TASK:
                 self._tasks[seq] = route
-            elif op == 'release':
+            elif op == Op.RELEASE:
                 self._release_seq = seq
         # Sent outside self._lock: a send may block until the worker reads, and
         # the worker may first have to hand its answers to our reader, which
         # needs self._lock.
-        if op == 'snapshot' and not self._send_lock.acquire(timeout=SNAPSHOT_SEND_WAIT):
+        if op == Op.SNAPSHOT and not self._send_lock.acquire(timeout=SNAPSHOT_SEND_WAIT):
             # Another send is stuck on a worker that stopped reading (it will be ended
             # when that send times out): a status must not wait for it.
             with self._lock:
                 self._pending.pop(seq, None)
-            route.finish(None, {'code': 'timeout', 'type': 'RemoteIOError',
-                                'message': f'the worker of GPIO{self.gpio} is not reading'})
+            route.finish(None, pin_error('timeout', f'the worker of GPIO{self.gpio} is not '
+                                                    f'reading', 'RemoteIOError'))
             return
-        elif op != 'snapshot':
+        elif op != Op.SNAPSHOT:
             self._send_lock.acquire()
         try:
             try:
-                self.worker.conn.send_bytes(pack([seq, op, args, request_id]))
+                self.worker.conn.send_bytes(encode(Request(seq, op, args, request_id)))
             except OSError as exc:
                 # Gone, or stopped reading (the send timed out, maybe half-way through a
                 # message): either way it is of no more use. Its reader sees the end and
                 # fails what is pending.
                 # (A worker that has just ended after a release is no news.)
-                log.log(logging.ERROR if self.status == 'claimed' else logging.DEBUG,
+                log.log(logging.ERROR if self.status is PinStatus.CLAIMED else logging.DEBUG,
                         'GPIO%d: cannot reach its worker (%s); ending it', self.gpio, exc)
                 self.worker.terminate()
         finally:
             self._send_lock.release()
 
+    def start_sync(self):
+        """Ask the worker to say when it has taken everything sent before; the reply to wait on."""
+        self.unsynced = False
+        reply = InternalReply()
+        self.forward(Op.SYNC, {}, reply)
+        return reply
+
     def sync(self, timeout=INTERNAL_TIMEOUT):
-        """Wait until the worker has taken every write sent before."""
+        """Wait until the worker has taken every request sent before."""
         if self.unsynced:
-            self.unsynced = False
-            self.call('sync', {}, timeout)
+            self.start_sync().wait(timeout)
 
     def call(self, op, args, timeout=INTERNAL_TIMEOUT):
         """Send *op* and wait for its result (for the server's own use)."""
@@ -162,12 +263,12 @@ class ClaimedPin:
     def release(self, route=None):
         """Soft close: what was sent is carried out, then the pin is switched off and freed."""
         with self._lock:
-            if self.status in ('releasing', 'gone'):
+            if self.status in (PinStatus.RELEASING, PinStatus.GONE):
                 if route is not None:
                     route.finish({}, None)
                 return
-            self.status = 'releasing'
-        self.forward('release', {}, route or InternalReply())
+            self.status = PinStatus.RELEASING
+        self.forward(Op.RELEASE, {}, route or InternalReply())
 
     def _answered(self, seq, result, error, request_id=None):
         """``ok``/``err``: the request *seq* has its answer."""
@@ -202,40 +303,39 @@ class ClaimedPin:
         conn = self.worker.conn
         while True:
             try:
-                message = json.loads(conn.recv_bytes())
+                message = decode_reply(conn.recv_bytes())
             except (EOFError, OSError):
                 break
-            kind = message[0]
-            if kind == 'ok':
-                result = message[2]
-                if message[1] == self._release_seq:
+            kind = type(message)
+            if kind is Ok:
+                if message.seq == self._release_seq:
                     # The soft close is done; the release is answered once the worker
                     # has ended and the pin is free for anyone (below).
-                    self.final = result
+                    self.final = message.result
                     with self._lock:
-                        self._release_route = self._pending.pop(message[1], None)
+                        self._release_route = self._pending.pop(message.seq, None)
                     self._progressed()
                     continue
-                self._answered(message[1], result, None)
-            elif kind == 'err':
-                self._answered(message[1], None, message[2], message[3])
-            elif kind == 'end':
-                self._task_ended(message[1], message[2], message[3])
-            elif kind == 'event':
+                self._answered(message.seq, message.result, None)
+            elif kind is Err:
+                self._answered(message.seq, None, message.error, message.request_id)
+            elif kind is End:
+                self._task_ended(message.seq, message.result, message.error)
+            elif kind is Event:
                 owner = self.owner
                 if owner is not None:
-                    owner.send({'push': 'event', 'pin': self.gpio, 't': message[1],
-                                'state': message[2], 'n': message[3]})
-            elif kind == 'level':
-                self.registry.relay(self.gpio, message[1])
+                    owner.send({'push': 'event', 'pin': self.gpio, 't': message.t,
+                                'state': message.level, 'n': message.n})
+            elif kind is Level:
+                self.registry.relay(self.gpio, message.level)
         # The worker has ended (released, died, or its claim failed: then the
         # claiming thread cleans up, and there is nothing to free or report).
         with self._lock:
-            abandoned = self.status in ('abandoned', 'claiming')
+            abandoned = self.status in (PinStatus.ABANDONED, PinStatus.CLAIMING)
             # Died, unless it answered its release first (a worker killed half-way
             # through a soft close died too, whatever its status said).
             died = not abandoned and self.final is None
-            self.status = 'gone'
+            self.status = PinStatus.GONE
             leftover, self._pending = list(self._pending.values()), {}
             tasks, self._tasks = list(self._tasks.values()), {}
         error = worker_died(self.gpio)
@@ -260,6 +360,34 @@ class ClaimedPin:
             route.finish({k: final[k] for k in ('function', 'state', 'frequency', 'pull')}, None)
 
 
+def wait_caught_up(pins, progress, timeout=BARRIER_TIMEOUT):
+    """
+    The read-your-writes barrier: return once every pin of *pins* (a
+    connection's pins) has taken every request sent to it and answered those
+    that wait for an answer. Pins that have caught up (their records say so)
+    cost nothing; each of the others gets one ``sync``, all sent before any is
+    waited for, so the wait is that of the slowest pin, not the sum.
+    *progress* is the owner's condition, notified as answers arrive.
+    """
+    # Pins being released are left out: their soft close carries out what was sent.
+    pins = [p for p in pins if p.status is PinStatus.CLAIMED and not p.caught_up()]
+    if not pins:
+        return
+    deadline = time.monotonic() + timeout
+    syncs = [(pin, pin.start_sync()) for pin in pins if pin.unsynced]
+    for pin, reply in syncs:
+        try:
+            reply.wait(max(0.001, deadline - time.monotonic()))
+        except ProtocolError:
+            if pin.status is PinStatus.CLAIMED:
+                raise                 # else: released meanwhile, nothing to wait for
+    with progress:
+        if not progress.wait_for(lambda: not any(p.busy for p in pins),
+                                 max(0.0, deadline - time.monotonic())):
+            raise ProtocolError('timeout', f'the other pins did not catch up within '
+                                           f'{timeout:g} s')
+
+
 class NoReply:
     """Where the answer goes when nobody waits for it (a failure is logged)."""
 
@@ -278,13 +406,15 @@ class Ignored:
 class Registry:
     """Owner of every claimed pin; see the module docstring."""
 
-    def __init__(self, spawner, names, wires=()):
+    def __init__(self, spawner, names, wires=(), records=None):
         self.spawner = spawner
         self.names = names           # gpio -> 'GPIO17', for every GPIO of the board
         self.gpios = frozenset(names)
+        self.records = records if records is not None else RecordTable()
         self.wires = {}              # output gpio -> [input gpios] (mock backend only)
         for out, into in wires:
             self.wires.setdefault(out, []).append(into)
+        self.wire_inputs = frozenset(into for _, into in wires)
         self.mock_levels = {}        # input gpio -> level last driven (mock backend only)
         self._claimed = {}
         self._released = {}          # gpio -> last snapshot of a freed pin
@@ -302,17 +432,17 @@ class Registry:
                 current = self._claimed.get(gpio)
                 if current is None:
                     break
-                if getattr(current, 'is_bus', False) and current.status in ('claiming', 'claimed'):
+                if getattr(current, 'is_bus', False) and current.status in (PinStatus.CLAIMING, PinStatus.CLAIMED):
                     raise ProtocolError(
                         'pin_in_use', f'GPIO{gpio} is in use by an SPI bus of '
                                       f'{"this connection" if current.owner is session else "client " + current.owner.describe()}')
-                if current.status == 'claiming' or (
-                        current.owner is not session and current.status == 'claimed'):
+                if current.status is PinStatus.CLAIMING or (
+                        current.owner is not session and current.status is PinStatus.CLAIMED):
                     raise ProtocolError(
                         'pin_in_use',
                         f'GPIO{gpio} is in use by client {current.owner.describe()}'
                         if current.owner is not session else f'GPIO{gpio} is being claimed')
-                if current.status == 'claimed':
+                if current.status is PinStatus.CLAIMED:
                     return current, None
                 # Being released (soft close, by us or a client that just closed it):
                 # wait for the release rather than failing a claim that will soon work.
@@ -321,7 +451,7 @@ class Registry:
                     raise ProtocolError(
                         'pin_in_use', f'GPIO{gpio} is still finishing the work of {owner} '
                                       f'(soft close) after {timeout:g} s; try again later')
-            pin = ClaimedPin(self, gpio, session, _NO_WORKER)
+            pin = ClaimedPin(self, gpio, session, NO_WORKER)
             self._claimed[gpio] = pin
         try:
             worker = self.spawner.take()
@@ -336,20 +466,21 @@ class Registry:
                 raise
             raise ProtocolError(
                 'backend_error', f'cannot start a worker for GPIO{gpio}: {exc}') from None
+        self.records.clear(gpio)      # (an earlier worker's record is no use)
         pin.attach(worker)
         try:
-            state = pin.call('claim', {'gpio': gpio, 'mode': session.mode,
+            state = pin.call(Op.CLAIM, {'gpio': gpio, 'mode': session.mode,
                                        'report_levels': gpio in self.wires,
                                        'level': self.mock_levels.get(gpio)},
                              max(0.5, deadline - time.monotonic()))
             with pin._lock:
-                if pin.status == 'gone':       # the worker ended as it answered
+                if pin.status is PinStatus.GONE:       # the worker ended as it answered
                     raise ProtocolError('worker_died', f'the worker of GPIO{gpio} ended')
-                pin.status = 'claimed'
+                pin.status = PinStatus.CLAIMED
         except (ProtocolError, TimeoutError):
             with pin._lock:
-                if pin.status != 'gone':
-                    pin.status = 'abandoned'   # its reader reaps it and frees nothing
+                if pin.status is not PinStatus.GONE:
+                    pin.status = PinStatus.ABANDONED   # its reader reaps it and frees nothing
             worker.terminate()   # its reader sees the end and reaps it
             with self._lock:
                 if self._claimed.get(gpio) is pin:
@@ -366,8 +497,8 @@ class Registry:
         self.mock_levels[gpio] = level
         with self._lock:
             pin = self._claimed.get(gpio)
-        if pin is not None and pin.status in ('claimed', 'releasing'):
-            pin.forward('drive', {'state': level}, route)
+        if pin is not None and pin.status in (PinStatus.CLAIMED, PinStatus.RELEASING):
+            pin.forward(Op.DRIVE, {'state': level}, route)
         else:
             route.finish({}, None)
 
@@ -405,9 +536,9 @@ class Registry:
         with self._lock:
             self.closing = True
             pins = list({id(p): p for p in self._claimed.values()
-                         if p.status in ('claimed', 'releasing')}.values())
+                         if p.status in (PinStatus.CLAIMED, PinStatus.RELEASING)}.values())
         for pin in pins:
-            pin.forward('halt', {}, Ignored())
+            pin.forward(Op.HALT, {}, Ignored())
             pin.release()
 
     def kill_all(self):
@@ -427,19 +558,19 @@ class Registry:
         """Every pin the server has driven since it started, as status dicts."""
         with self._lock:
             claimed = list({id(p): p for p in self._claimed.values()
-                            if p.status in ('claimed', 'releasing')}.values())
+                            if p.status in (PinStatus.CLAIMED, PinStatus.RELEASING)}.values())
             released = dict(self._released)
         replies = []
         for pin in claimed:
             reply = InternalReply()
-            pin.forward('snapshot', {'history': history}, reply)
+            pin.forward(Op.SNAPSHOT, {'history': history}, reply)
             replies.append((pin, reply))
         pins = {}
         for pin, reply in replies:
             try:
                 info = reply.wait(2.0)
             except (ProtocolError, TimeoutError) as exc:
-                if pin.status == 'gone':      # released meanwhile: report it as freed
+                if pin.status is PinStatus.GONE:      # released meanwhile: report it as freed
                     pin.freed_event.wait(2.0)
                     with self._lock:
                         released = dict(self._released)
@@ -469,4 +600,4 @@ class _NoWorker:
         pass
 
 
-_NO_WORKER = _NoWorker()
+NO_WORKER = _NoWorker()
