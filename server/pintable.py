@@ -53,6 +53,8 @@ BARRIER_TIMEOUT = 10.0
 #: to send it another: far less than its pipe holds (pin requests are under 1 KiB
 #: each and the pipe's buffer some 200 KiB), so such a send never blocks.
 POST_WINDOW = 64
+#: Requests that do not change the pin: a read needs not wait for them.
+_NO_CHANGE = frozenset({Op.SNAPSHOT, Op.SYNC, Op.READ})
 
 
 class PinStatus(str, Enum):
@@ -103,6 +105,10 @@ class ClaimedPin:
         self.freed_event = threading.Event()
         self._seq = 0
         self._pending = {}              # seq -> route waiting for its answer
+        # Of those, the requests that change the pin (not a status's snapshot, a sync
+        # or a read): a read must not overtake their answers.
+        self._unanswered = set()
+        self._changed = 0               # seq of the last request sent that changes the pin
         self._tasks = {}                # seq -> route of a timed task not yet ended
         self.unsynced = False           # quiet requests sent since the last sync
         # an input that follows a --mock-wire: its level arrives through our reader
@@ -129,7 +135,7 @@ class ClaimedPin:
     @property
     def busy(self):
         """True while requests sent to the worker wait for their answer."""
-        return bool(self._pending)
+        return bool(self._unanswered)
 
     @property
     def sent(self):
@@ -143,11 +149,11 @@ class ClaimedPin:
         has not yet taken every request sent to it, or one still waits for its
         answer, which a read must not overtake).
         """
-        if self._pending or self.follows_wire or self.status is not PinStatus.CLAIMED:
+        if self._unanswered or self.follows_wire or self.status is not PinStatus.CLAIMED:
             return None
         if record is None:
             record = self.record()
-        if record is None or not record.live or record.taken < self._seq:
+        if record is None or not record.live or record.taken < self._changed:
             return None
         return record.as_read()
 
@@ -163,7 +169,8 @@ class ClaimedPin:
         """
         record = self.record()
         # (and no request still on its way might make it something else)
-        return record is not None and record.function == 'output' and record.taken >= self._seq
+        return (record is not None and record.function == 'output'
+                and record.taken >= self._changed)
 
     def can_post(self):
         """True if a request sent to the worker now cannot block (see POST_WINDOW)."""
@@ -175,14 +182,14 @@ class ClaimedPin:
 
     def caught_up(self):
         """True if everything sent to the worker has been taken and answered (no message needed)."""
-        if self._pending:
+        if self._unanswered:
             return False
         if not self.unsynced:
             return True
         if self.relays:
             return False
         record = self.registry.records.read(self.gpio)
-        if record is not None and record.pid == self.worker.pid and record.taken >= self._seq:
+        if record is not None and record.pid == self.worker.pid and record.taken >= self._changed:
             self.unsynced = False
             return True
         return False
@@ -199,16 +206,24 @@ class ClaimedPin:
         quiet = op in (Op.WRITE, Op.TASK) and getattr(route, 'quiet', False)
         with self._lock:
             if self.status is PinStatus.GONE:
-                route.finish(None, worker_died(self.gpio, 'has ended'))
+                if op == Op.TASK and hasattr(route, 'task_ended'):   # (acknowledged already)
+                    route.task_ended('failed', worker_died(self.gpio, 'has ended'))
+                else:
+                    route.finish(None, worker_died(self.gpio, 'has ended'))
                 return
             self._seq += 1
             seq = self._seq
+            changes = op not in _NO_CHANGE
+            if changes:
+                self._changed = seq
             if quiet:
                 self.unsynced = True
                 if op == Op.TASK:
                     args = dict(args, reply=False)
             else:
                 self._pending[seq] = route
+                if changes:
+                    self._unanswered.add(seq)
                 if op == Op.WRITE:
                     args = dict(args, reply=True)
             if op == Op.TASK:
@@ -223,6 +238,7 @@ class ClaimedPin:
             # when that send times out): a status must not wait for it.
             with self._lock:
                 self._pending.pop(seq, None)
+                self._unanswered.discard(seq)
             route.finish(None, pin_error('timeout', f'the worker of GPIO{self.gpio} is not '
                                                     f'reading', 'RemoteIOError'))
             return
@@ -282,6 +298,7 @@ class ClaimedPin:
             route.finish(result, error)
             with self._lock:
                 del self._pending[seq]
+                self._unanswered.discard(seq)
             self._progressed()
         elif error is not None and self.owner is not None:
             # A quiet write (or an accepted one) failed when it ran.
@@ -314,6 +331,7 @@ class ClaimedPin:
                     self.final = message.result
                     with self._lock:
                         self._release_route = self._pending.pop(message.seq, None)
+                        self._unanswered.discard(message.seq)
                     self._progressed()
                     continue
                 self._answered(message.seq, message.result, None)
@@ -337,6 +355,7 @@ class ClaimedPin:
             died = not abandoned and self.final is None
             self.status = PinStatus.GONE
             leftover, self._pending = list(self._pending.values()), {}
+            self._unanswered.clear()
             tasks, self._tasks = list(self._tasks.values()), {}
         error = worker_died(self.gpio)
         for route in leftover:

@@ -125,8 +125,8 @@ class RecordTable:
                 if head == 0:
                     return None
                 continue
-            if function == _NO_FUNCTION or pull >= len(PULLS):
-                return None
+            if pid == 0 or function == _NO_FUNCTION or pull >= len(PULLS):
+                return None                     # withdrawn, or nothing a read could return
             if frequency != frequency:          # NaN: no PWM, the state is a level
                 frequency = None
                 state = bool(state)

@@ -577,9 +577,11 @@ class Session:
                                                    f'backend has none')
         # Acknowledged once validated and on its way to the worker (whose pipe keeps
         # the order); a refusal there, or a failure when it runs, ends it (task_end).
+        # (the acknowledgement goes first: a task_end always follows it)
         pin = self.owned(message)
+        if not protocol.get_bool(message, 'quiet'):
+            self.reply(id)
         pin.forward(Op.TASK, args, ClientReply(self, id, True, pin.gpio))
-        self.reply(id)
 
     def on_edges(self, id, message):
         edges = protocol.get_str(message, 'edges', protocol.EDGES, 'invalid_edges')
