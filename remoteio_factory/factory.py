@@ -24,9 +24,7 @@ import weakref
 
 import gpiozero.threads
 from gpiozero.exc import GPIOPinInUse
-from gpiozero.mixins import SharedMixin
 from gpiozero.pins.pi import PiFactory
-from gpiozero.pins.spi import SPISoftware
 from gpiozero.threads import GPIOThread
 from time import monotonic
 
@@ -546,12 +544,3 @@ def _close_at_exit():
         except Exception as exc:        # never a traceback at exit
             log.debug('closing %r at exit: %s', factory, exc)
 
-
-class RemoteIOSoftwareSPI(SPISoftware):
-    """Software (bit-banged) SPI over remote pins."""
-
-
-class RemoteIOSoftwareSPIShared(SharedMixin, RemoteIOSoftwareSPI):
-    @classmethod
-    def _shared_key(cls, clock_pin, mosi_pin, miso_pin, select_pin, pin_factory):
-        return (clock_pin, select_pin)

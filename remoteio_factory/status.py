@@ -2,7 +2,7 @@
 Asking a server what it is doing: the data behind ``remoteio status``.
 
 Flow: **status** → connection → wire → server (``status`` request) → the
-registry's snapshot of every pin worker.
+pin table's snapshot of every pin worker.
 """
 
 from remoteio_factory import settings

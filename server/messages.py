@@ -35,6 +35,8 @@ says); what a worker has *taken* so far it also publishes in its shared record
 """
 
 import json
+import os
+import struct
 from enum import Enum
 from typing import Any, NamedTuple, Optional
 
@@ -170,3 +172,57 @@ def describe_error(exc):
     if type(exc).__name__ == 'ProtocolError' and isinstance(code, str):
         return pin_error(code, str(exc))
     return pin_error('backend_error', f'{type(exc).__name__}: {exc}', 'PinError')
+
+
+class FrameReader:
+    """
+    A worker's end of its pipe, read the way :class:`multiprocessing.connection.Connection`
+    frames it (a 4-byte big-endian length, then the bytes), but all that has
+    arrived in one ``read``: :meth:`fill` once select says the pipe is readable,
+    then :meth:`next` for each complete message (None when there is no more).
+    *chunk* is kept small: each read allocates that much, and every page a
+    worker touches is a page of its own (a worker's requests are tens of bytes).
+    """
+
+    _HEADER = struct.Struct('!i')
+
+    def __init__(self, fd, chunk=8192):
+        self.fd = fd
+        self.chunk = chunk
+        self._buffer = bytearray()
+        self._offset = 0
+
+    def fill(self):
+        """Read what the pipe holds (it must be readable); EOFError when the server has gone."""
+        data = os.read(self.fd, self.chunk)
+        if not data:
+            raise EOFError('the server closed the pipe')
+        if self._offset:
+            del self._buffer[:self._offset]
+            self._offset = 0
+        self._buffer += data
+
+    @property
+    def ready(self):
+        """True if a complete message is buffered."""
+        size = self._size()
+        return size is not None and len(self._buffer) - self._offset - 4 >= size
+
+    def _size(self):
+        if len(self._buffer) - self._offset < 4:
+            return None
+        size = self._HEADER.unpack_from(self._buffer, self._offset)[0]
+        if size < 0:
+            raise ValueError('a message on the pipe is too large')   # (never sent: 2 GiB)
+        return size
+
+    def next(self):
+        """The next complete message's bytes, or None."""
+        size = self._size()
+        if size is None:
+            return None
+        start = self._offset + 4
+        if len(self._buffer) - start < size:
+            return None
+        self._offset = start + size
+        return bytes(self._buffer[start:start + size])

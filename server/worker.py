@@ -47,7 +47,7 @@ from collections import deque
 
 from gpiozero.exc import PinPWMFixedValue, PinPWMUnsupported, PinSetInput
 
-from remoteio_server import records
+from remoteio_server import messages, records
 from remoteio_server.backends import BUILD_AT_CLAIM, CAPABILITIES, build_factory
 from remoteio_server.messages import (
     End, Err, Event, Level, Ok, Op, Ready, decode_request, describe_error, encode,
@@ -603,25 +603,26 @@ class PinWorker:
 
     def run(self):
         """Serve the pin until it is released or the server goes away."""
-        conn = self.conn
-        fd = conn.fileno()
+        fd = self.conn.fileno()
+        frames = messages.FrameReader(fd)
         while not self.released:
-            # Sleep until a message arrives or the running task's next deadline
-            # (select takes a timeout in microseconds; epoll would round to ms).
-            if self.deadline is None:
-                select.select([fd], [], [])
-            else:
-                timeout = self.deadline - time.monotonic()
-                if timeout > 0:
-                    select.select([fd], [], [], timeout)
+            if not frames.ready:
+                # Sleep until a message arrives or the running task's next deadline
+                # (select takes a timeout in microseconds; epoll would round to ms),
+                # then take all that has arrived in one read.
+                timeout = None if self.deadline is None else \
+                    max(0.0, self.deadline - time.monotonic())
+                if select.select([fd], [], [], timeout)[0]:
+                    frames.fill()
             while not self.released:
                 # a flood of messages (drives, reads, status) must not hold up a deadline:
                 # what is due is done before the next message is taken
                 if self.deadline is not None and time.monotonic() >= self.deadline:
                     self.advance(time.monotonic())
-                if not conn.poll():
+                raw = frames.next()
+                if raw is None:
                     break
-                self.handle(conn.recv_bytes())
+                self.handle(raw)
             self.advance(time.monotonic())
 
 
