@@ -53,8 +53,11 @@ BARRIER_TIMEOUT = 10.0
 #: to send it another: far less than its pipe holds (pin requests are under 1 KiB
 #: each and the pipe's buffer some 200 KiB), so such a send never blocks.
 POST_WINDOW = 64
-#: Requests that do not change the pin: a read needs not wait for them.
+#: Requests that do not change the pin: a read needs not wait for them to be taken.
 _NO_CHANGE = frozenset({Op.SNAPSHOT, Op.SYNC, Op.READ})
+#: The server's own requests, which no reply to a client waits behind: a read
+#: (from the record) may overtake their answers; not those of any other request.
+_INTERNAL = frozenset({Op.SNAPSHOT, Op.SYNC})
 
 
 class PinStatus(str, Enum):
@@ -109,6 +112,7 @@ class ClaimedPin:
         # or a read): a read must not overtake their answers.
         self._unanswered = set()
         self._changed = 0               # seq of the last request sent that changes the pin
+        self._failures_told = 0         # seq of the last failure passed on to its sender
         self._tasks = {}                # seq -> route of a timed task not yet ended
         self.unsynced = False           # quiet requests sent since the last sync
         # an input that follows a --mock-wire: its level arrives through our reader
@@ -155,6 +159,8 @@ class ClaimedPin:
             record = self.record()
         if record is None or not record.live or record.taken < self._changed:
             return None
+        if record.failed > self._failures_told:
+            return None        # a failure on its way to the client: the read goes behind it
         return record.as_read()
 
     def record(self):
@@ -204,8 +210,23 @@ class ClaimedPin:
         """
         request_id = getattr(route, 'id', None)
         quiet = op in (Op.WRITE, Op.TASK) and getattr(route, 'quiet', False)
+        # The send lock first, then the seq: requests reach the pipe in the order of
+        # their seqs (several threads send to one worker: the owner's, a status's, a
+        # drive's, a wire's), so a record that has taken seq n has taken all before it.
+        # Sent outside self._lock: a send may block until the worker reads, and the
+        # worker may first have to hand its answers to our reader, which needs self._lock.
+        if op == Op.SNAPSHOT:
+            if not self._send_lock.acquire(timeout=SNAPSHOT_SEND_WAIT):
+                # Another send is stuck on a worker that stopped reading (it will be
+                # ended when that send times out): a status must not wait for it.
+                route.finish(None, pin_error('timeout', f'the worker of GPIO{self.gpio} is '
+                                                        f'not reading', 'RemoteIOError'))
+                return
+        else:
+            self._send_lock.acquire()
         with self._lock:
             if self.status is PinStatus.GONE:
+                self._send_lock.release()
                 if op == Op.TASK and hasattr(route, 'task_ended'):   # (acknowledged already)
                     route.task_ended('failed', worker_died(self.gpio, 'has ended'))
                 else:
@@ -213,8 +234,7 @@ class ClaimedPin:
                 return
             self._seq += 1
             seq = self._seq
-            changes = op not in _NO_CHANGE
-            if changes:
+            if op not in _NO_CHANGE:
                 self._changed = seq
             if quiet:
                 self.unsynced = True
@@ -222,7 +242,7 @@ class ClaimedPin:
                     args = dict(args, reply=False)
             else:
                 self._pending[seq] = route
-                if changes:
+                if op not in _INTERNAL:
                     self._unanswered.add(seq)
                 if op == Op.WRITE:
                     args = dict(args, reply=True)
@@ -230,20 +250,6 @@ class ClaimedPin:
                 self._tasks[seq] = route
             elif op == Op.RELEASE:
                 self._release_seq = seq
-        # Sent outside self._lock: a send may block until the worker reads, and
-        # the worker may first have to hand its answers to our reader, which
-        # needs self._lock.
-        if op == Op.SNAPSHOT and not self._send_lock.acquire(timeout=SNAPSHOT_SEND_WAIT):
-            # Another send is stuck on a worker that stopped reading (it will be ended
-            # when that send times out): a status must not wait for it.
-            with self._lock:
-                self._pending.pop(seq, None)
-                self._unanswered.discard(seq)
-            route.finish(None, pin_error('timeout', f'the worker of GPIO{self.gpio} is not '
-                                                    f'reading', 'RemoteIOError'))
-            return
-        elif op != Op.SNAPSHOT:
-            self._send_lock.acquire()
         try:
             try:
                 self.worker.conn.send_bytes(encode(Request(seq, op, args, request_id)))
@@ -299,11 +305,15 @@ class ClaimedPin:
             with self._lock:
                 del self._pending[seq]
                 self._unanswered.discard(seq)
+                if error is not None:
+                    self._failures_told = max(self._failures_told, seq)
             self._progressed()
-        elif error is not None and self.owner is not None:
+        elif error is not None:
             # A quiet write (or an accepted one) failed when it ran.
-            self.owner.send(error_reply(request_id, error['code'], error['message'],
-                                        error.get('type'), pin=self.gpio))
+            if self.owner is not None:
+                self.owner.send(error_reply(request_id, error['code'], error['message'],
+                                            error.get('type'), pin=self.gpio))
+            self._failures_told = max(self._failures_told, seq)
 
     def _task_ended(self, seq, result, error):
         with self._lock:
@@ -322,6 +332,10 @@ class ClaimedPin:
             try:
                 message = decode_reply(conn.recv_bytes())
             except (EOFError, OSError):
+                break
+            except Exception:         # not a message of ours: the worker is of no more use
+                log.exception('GPIO%d: a bad message from its worker; ending it', self.gpio)
+                self.worker.terminate()
                 break
             kind = type(message)
             if kind is Ok:

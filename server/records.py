@@ -15,6 +15,9 @@ serves the pin; the server's main process only reads. A slot holds:
     the ``seq`` of the last request the worker has taken from its pipe and
     carried out as far as it goes at once (a write is applied, a task queued
     or started);
+``failed``
+    the ``seq`` of the last request whose failure the worker has reported (a
+    read must not overtake that report on its way to the client);
 ``function``, ``state``, ``frequency``, ``pull``
     the pin as ``read`` would return it at that moment: level (0/1) or duty
     cycle, PWM frequency or none, pull of an input;
@@ -49,7 +52,7 @@ SLOTS = 128
 SLOT_SIZE = 64
 #: head version, then the body, its CRC, and the tail version
 _HEAD = struct.Struct('<Q')
-_BODY = struct.Struct('<QddIBBB1x')            # taken, state, frequency, pid, function, pull, live
+_BODY = struct.Struct('<QQddIBBB1x')           # taken, failed, state, frequency, pid, function, pull, live
 _TAIL = struct.Struct('<I4xQ')                 # crc, version
 _SLOT = struct.Struct('<Q' + _BODY.format[1:] + _TAIL.format[1:])
 _BODY_AT = _HEAD.size
@@ -70,6 +73,7 @@ _EMPTY_CRC = zlib.crc32(bytes(_BODY.size))
 class Record(NamedTuple):
     pid: int
     taken: int
+    failed: int              # seq of the last request whose failure the worker has sent
     function: Optional[str]
     state: object            # bool, or the duty cycle (float) while PWM runs
     frequency: Optional[float]
@@ -96,9 +100,15 @@ class RecordTable:
         """The table in a worker, from the file descriptor the zygote passed on."""
         return cls(fd)
 
+    def close_file(self):
+        """Close the file (every process that needs it has it); the mapping stays."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
     def close(self):
+        self.close_file()
         self._map.close()
-        os.close(self.fd)
 
     # The writer (a worker) ---------------------------------------------------------
 
@@ -117,7 +127,7 @@ class RecordTable:
         offset = gpio * SLOT_SIZE
         for _ in range(READ_TRIES):
             raw = self._map[offset:offset + _SLOT.size]
-            (head, taken, state, frequency, pid, function, pull, live,
+            (head, taken, failed, state, frequency, pid, function, pull, live,
              crc, tail) = _SLOT.unpack(raw)
             if head != tail or head & 1:
                 continue
@@ -130,8 +140,8 @@ class RecordTable:
             if frequency != frequency:          # NaN: no PWM, the state is a level
                 frequency = None
                 state = bool(state)
-            return Record(pid, taken, FUNCTIONS[function], state, frequency, PULLS[pull],
-                          bool(live))
+            return Record(pid, taken, failed, FUNCTIONS[function], state, frequency,
+                          PULLS[pull], bool(live))
         return None
 
     def clear(self, gpio):
@@ -149,12 +159,12 @@ class RecordWriter:
         self._version = _HEAD.unpack_from(buffer, offset)[0] & ~1
         self._pid = os.getpid()
 
-    def publish(self, taken, state, live):
+    def publish(self, taken, state, live, failed=0):
         """Write the record: *state* is a worker's ``read_state()`` dict."""
         frequency = state['frequency']
         value = state['state']
         body = _BODY.pack(
-            taken, _NAN if value is None else float(value),
+            taken, failed, _NAN if value is None else float(value),
             _NAN if frequency is None else float(frequency), self._pid,
             _FUNCTION_CODE.get(state['function'], _NO_FUNCTION) if value is not None
             else _NO_FUNCTION,
@@ -195,10 +205,9 @@ def inherited():
 def _anonymous_file(size):
     """A file descriptor of *size* zero bytes that no path names (memfd where there is one)."""
     if hasattr(os, 'memfd_create'):
-        fd = os.memfd_create('remoteio-records', 0)      # not close-on-exec: the zygote needs it
+        fd = os.memfd_create('remoteio-records', os.MFD_CLOEXEC)   # (pass_fds hands it on)
     else:
         with tempfile.TemporaryFile() as f:
             fd = os.dup(f.fileno())
-        os.set_inheritable(fd, True)
     os.ftruncate(fd, size)
     return fd

@@ -348,26 +348,37 @@ class Session:
         if type(op) is not str or op not in _QUICK_OPS or self.server.stopping or \
                 self.channel.queued >= _QUICK_OUTBOX:
             return False
-        if op != 'heartbeat':
-            gpio = message.get('pin')
-            pin = self.pins.get(gpio) if type(gpio) is int else None
-            if pin is None or not pin.can_post():
-                return False
-            if op == 'read':
-                if not (pin.is_output() or self.caught_up(except_pin=pin)):
-                    return False        # the handler waits for the other pins
-                try:
-                    id = protocol.get_id(message)
-                except ProtocolError:
-                    return False
-                state = pin.read_record()
-                if state is not None:
-                    self.reply(id, **state)
-                else:                   # its own worker answers, after what it was sent
-                    pin.forward(Op.READ, {}, ClientReply(self, id, False, pin.gpio))
-                return True
+        try:
+            pin = None if op == 'heartbeat' else self._pin_now(op, message)
+        except Exception:             # a bug: the handler thread takes the request instead
+            log.exception('client %s: checking a request on the loop failed', self.describe())
+            return False
+        if pin is False:
+            return False
+        if op == 'read':
+            state = pin.read_record()
+            if state is not None:
+                self.reply(message['id'], **state)
+            else:                     # its own worker answers, after what it was sent
+                pin.forward(Op.READ, {}, ClientReply(self, message['id'], False, pin.gpio))
+            return True
         self.handle_line(line, message)
         return True
+
+    def _pin_now(self, op, message):
+        """Part of :meth:`_now`: the pin *message* is for, if the loop can do it; else False."""
+        gpio = message.get('pin')
+        pin = self.pins.get(gpio) if type(gpio) is int else None
+        if pin is None or not pin.can_post():
+            return False
+        if op == 'read':
+            if not (pin.is_output() or self.caught_up(except_pin=pin)):
+                return False          # the handler waits for the other pins
+            try:
+                message['id'] = protocol.get_id(message)
+            except ProtocolError:
+                return False
+        return pin
 
     def handle_line(self, line, message=None):
         id = None
@@ -444,8 +455,9 @@ class Session:
 
     def caught_up(self, except_pin=None):
         """True if every pin but *except_pin* has taken what was sent to it (no waiting)."""
+        # (a copy: a pin's reader thread may free a pin meanwhile)
         return all(p is except_pin or p.status is not PinStatus.CLAIMED or p.caught_up()
-                   for p in self.pins.values())
+                   for p in tuple(self.pins.values()))
 
     def reply(self, id, **fields):
         self.send(dict(id=id, ok=True, **fields))

@@ -25,6 +25,7 @@ import time
 from multiprocessing.connection import Connection
 
 from remoteio_factory.transport import set_send_timeout
+from remoteio_server.messages import Err, Ready, decode_reply
 
 log = logging.getLogger('remoteio_server.spawner')
 
@@ -61,13 +62,14 @@ class Worker:
             self.kill(grace=0)
             raise WorkerStartError(f'worker {self.pid} did not start within {timeout} s')
         try:
-            message = json.loads(self.conn.recv_bytes())
+            message = decode_reply(self.conn.recv_bytes())
         except (EOFError, OSError):
             self.kill(grace=0)
             raise WorkerStartError(f'worker {self.pid} died while starting') from None
-        if message[0] != 'ready':
+        if type(message) is not Ready:
             self.kill(grace=0)
-            raise WorkerStartError(f'worker could not build its backend: {message[2]["message"]}')
+            reason = message.error['message'] if type(message) is Err else message
+            raise WorkerStartError(f'worker could not build its backend: {reason}')
         self.ready = True
 
     def alive(self):

@@ -80,6 +80,10 @@ class SPIBus(ClaimedPin):
         self.roles = {gpio: role for role, gpio in pins.items() if gpio is not None}
         self.gpios = tuple(self.roles)
 
+    def record(self):
+        """A bus's worker publishes no record: everything goes to the worker."""
+        return None
+
     def entries(self, info):
         """One status entry per GPIO of the bus."""
         out = {}
@@ -124,6 +128,7 @@ def claim_bus(registry, pins, session, mock=False, timeout=None):
         bus = SPIBus(registry, pins, session, NO_WORKER)
         for gpio in gpios:
             registry._claimed[gpio] = bus
+            registry.records.clear(gpio)     # (no record of an earlier pin worker outlives it)
 
     def forget():
         with registry._lock:

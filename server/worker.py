@@ -72,6 +72,8 @@ DEFAULT_PWM_FREQUENCY = 100.0
 RESULT_OPS = frozenset({'setup', 'frequency', 'pull', 'edges', 'subscribe', 'release'})
 #: Backends whose pins do no debouncing of their own: the worker does it.
 SOFTWARE_BOUNCE = frozenset({'mock'})
+#: Backends whose debouncing reports the level a bouncing input settles at.
+SETTLED_BOUNCE = frozenset({'mock', 'lgpio', 'pigpio'})
 #: Jobs that configure the pin without setting its level: they run at once, in
 #: both modes, and neither wait for the running task nor end it.
 CONFIG_OPS = frozenset({'frequency', 'pull', 'edges', 'subscribe'})
@@ -106,6 +108,7 @@ class PinWorker:
         self.conn = conn
         self.record = record              # this pin's shared record (records.RecordWriter)
         self.taken = 0                    # seq of the last request taken
+        self.failed = 0                   # seq of the last failure reported
         self._current = None              # the state last recorded
         self._deferred = False            # inside handle(): publish once, at its end
         self.watching = False             # edge callbacks on both edges keep the record fresh
@@ -249,6 +252,7 @@ class PinWorker:
             self._driven(lambda: pin.input_with_pull(args['pull']))
         else:
             self._driven(lambda: setattr(pin, 'function', function))
+        self.watching = False     # some backends stop reporting edges here (subscribe again)
         return self._record()
 
     def run_frequency(self, args):
@@ -260,6 +264,7 @@ class PinWorker:
     def run_pull(self, args):
         pin = self.pin
         self._driven(lambda: setattr(pin, 'pull', args['pull']))
+        self.watching = False     # lgpio re-claims the line, and drops its alert
         return self._record()
 
     def run_edges(self, args):
@@ -290,6 +295,7 @@ class PinWorker:
         t = now - factory.ticks_diff(factory.ticks(), ticks)
         with self._lock:
             self._record(now)
+            self.publish()         # before the event: a read after it must show the edge
             if self._soft_bounce and self.bounce and self._last_event is not None \
                     and t - self._last_event < self.bounce:
                 # Chatter inside the bounce time: ignored, but once the time is
@@ -369,9 +375,10 @@ class PinWorker:
             pin.close()
         finally:
             self._record_closed()
-            self.watching = False
-            if self.record is not None:
-                self.record.withdraw()
+            with self._lock:
+                self.watching = False
+                if self.record is not None:
+                    self.record.withdraw()
         self.released = True
         return self.snapshot()
 
@@ -587,15 +594,26 @@ class PinWorker:
         function = self._current['function'] if self._current else None
         if function == 'output' or (self.backend == 'mock' and function == 'input'):
             return True
-        return function == 'input' and self.watching
+        # An input whose every change the backend reports to us; with debouncing, only
+        # a backend that reports the level a bouncing pin settles at (the others drop
+        # the edges of the bounce time, and with them, maybe, the last one).
+        return function == 'input' and self.watching and (
+            not self.bounce or self.backend in SETTLED_BOUNCE)
 
     def publish(self):
         """Rewrite the shared record from the last recorded state (under the lock)."""
-        if self.record is not None and self._current is not None:
-            self.record.publish(self.taken, self._current, self.live())
+        if self.record is not None and self._current is not None and not self.released:
+            self.record.publish(self.taken, self._current, self.live(), self.failed)
 
     def send(self, message):
-        self.send_raw(encode(message))
+        with self._lock:
+            self.send_raw(encode(message))
+            if type(message) is Err:
+                # published before a read could be answered from the record: the read
+                # then goes to us, behind this report (docs/protocol.md §6)
+                self.failed = max(self.failed, message.seq)
+                if not self._deferred:
+                    self.publish()
 
     def send_raw(self, data):
         with self._lock:

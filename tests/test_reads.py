@@ -8,8 +8,10 @@ when it must: with the worker stopped, the read is not answered until the
 worker runs again, and then shows the write before it.
 """
 
+import json
 import os
 import signal
+import socket
 import threading
 from contextlib import contextmanager
 
@@ -153,3 +155,56 @@ def test_a_seed_task_is_acknowledged_without_its_worker(server):
         remote.close()
     (pin,) = server.wait_free(25)
     assert states(pin)[-3:] == [0, 1, 0]
+
+
+def raw_session(server):
+    """A bare protocol connection (hello done), for requests sent back to back."""
+    sock = socket.create_connection((server.host, server.port), timeout=10)
+    reader = sock.makefile('rb')
+    sock.sendall(b'{"id": 1, "op": "hello", "protocol": 1}\n')
+    assert json.loads(reader.readline())['ok']
+    return sock, reader
+
+
+def replies(reader, count):
+    return [json.loads(reader.readline()) for _ in range(count)]
+
+
+def test_a_failed_quiet_write_is_reported_before_a_later_read(server):
+    sock, reader = raw_session(server)
+    try:
+        sock.sendall(b'{"id": 2, "op": "claim", "pin": 26}\n'
+                     b'{"id": 3, "op": "setup", "pin": 26, "function": "input"}\n')
+        assert [r['ok'] for r in replies(reader, 2)] == [True, True]
+        for i in range(100):
+            # a write to an input fails in the worker; the read right behind it must
+            # not be answered (from the record) before that failure is (§6)
+            sock.sendall(json.dumps({'id': 10 + 2 * i, 'op': 'write', 'pin': 26, 'state': 1,
+                                     'quiet': True}).encode() + b'\n' +
+                         json.dumps({'id': 11 + 2 * i, 'op': 'read', 'pin': 26}).encode() + b'\n')
+            failure, read = replies(reader, 2)
+            assert (failure['id'], failure['ok'], read['id'], read['ok']) == \
+                (10 + 2 * i, False, 11 + 2 * i, True), (failure, read)
+    finally:
+        sock.close()
+
+
+def test_reads_of_one_pin_are_answered_in_order(server):
+    sock, reader = raw_session(server)
+    try:
+        sock.sendall(b'{"id": 2, "op": "claim", "pin": 27}\n'
+                     b'{"id": 3, "op": "setup", "pin": 27, "function": "output"}\n')
+        assert [r['ok'] for r in replies(reader, 2)] == [True, True]
+        for i in range(100):
+            # the first read may have to go to the worker (the write is not taken yet),
+            # the second may find the record caught up: it must not overtake the first
+            base = 10 + 3 * i
+            sock.sendall(b''.join(json.dumps(m).encode() + b'\n' for m in (
+                {'id': base, 'op': 'write', 'pin': 27, 'state': i & 1, 'quiet': True},
+                {'id': base + 1, 'op': 'read', 'pin': 27},
+                {'id': base + 2, 'op': 'read', 'pin': 27})))
+            first, second = replies(reader, 2)
+            assert (first['id'], second['id']) == (base + 1, base + 2)
+            assert first['state'] == second['state'] == bool(i & 1)
+    finally:
+        sock.close()

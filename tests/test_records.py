@@ -26,14 +26,14 @@ def test_a_record_reads_back_as_written(table):
     writer = table.writer(17)
     assert table.read(17) is None                        # never written
     writer.publish(5, OUTPUT_HIGH, live=True)
-    assert table.read(17) == records.Record(os.getpid(), 5, 'output', True, None, None, True)
+    assert table.read(17) == records.Record(os.getpid(), 5, 0, 'output', True, None, None, True)
     writer.publish(6, {'function': 'output', 'state': 0.25, 'frequency': 50.0, 'pull': None},
                    live=True)
     assert table.read(17).as_read() == {'function': 'output', 'state': 0.25,
                                         'frequency': 50.0, 'pull': None}
     writer.publish(7, {'function': 'input', 'state': False, 'frequency': None, 'pull': 'up'},
-                   live=False)
-    assert table.read(17)[1:] == (7, 'input', False, None, 'up', False)
+                   live=False, failed=6)
+    assert table.read(17)[1:] == (7, 6, 'input', False, None, 'up', False)
     assert table.read(16) is None                        # its neighbours are untouched
 
 
