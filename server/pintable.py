@@ -30,8 +30,10 @@ import time
 from enum import Enum
 
 from remoteio_factory.protocol import ProtocolError, error_reply
+from gpiozero.exc import PinSetInput
+
 from remoteio_server.messages import (
-    End, Err, Event, Level, Ok, Op, Request, decode_reply, encode, pin_error)
+    End, Err, Event, Level, Ok, Op, Request, decode_reply, describe_error, encode, pin_error)
 from remoteio_server.records import RecordTable
 
 log = logging.getLogger('remoteio_server.pintable')
@@ -145,6 +147,11 @@ class ClaimedPin:
     def sent(self):
         """The seq of the last request sent (or being sent) to the worker."""
         return self._seq
+
+    @property
+    def sent_changed(self):
+        """The seq of the last request sent that may change the pin."""
+        return self._changed
 
     def read_record(self, record=None):
         """
@@ -531,6 +538,14 @@ class Registry:
         with self._lock:
             pin = self._claimed.get(gpio)
         if pin is not None and pin.status in (PinStatus.CLAIMED, PinStatus.RELEASING):
+            record = pin.record()
+            if record is not None and record.function != 'input' and \
+                    record.taken >= pin.sent_changed:
+                # Refused without the worker, which would refuse it too: a flood of
+                # drives at an output costs its worker (and its timing) nothing.
+                route.finish(None, describe_error(PinSetInput(
+                    f'cannot drive {self.names[gpio]}: it is not an input')))
+                return
             pin.forward(Op.DRIVE, {'state': level}, route)
         else:
             route.finish({}, None)

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import threading
 import time
@@ -111,6 +112,7 @@ class PinWorker:
         self.failed = 0                   # seq of the last failure reported
         self._current = None              # the state last recorded
         self._deferred = False            # inside handle(): publish once, at its end
+        self._handling = None             # ... the seq of the request it handles
         self.watching = False             # edge callbacks on both edges keep the record fresh
         self.factory = factory
         self.gpio = gpio
@@ -233,7 +235,10 @@ class PinWorker:
         """Answer a snapshot, splicing in the history as it was stored (encoded)."""
         result = self.snapshot(0)
         del result['history']
-        self.send_raw(ok_then_history(seq, result, self._history_tail(count)))
+        with self._lock:
+            self.taken = seq
+            self.publish()                 # (the record first, as for every answer: see send)
+            self.send_raw(ok_then_history(seq, result, self._history_tail(count)))
 
     # Plain operations --------------------------------------------------------
     # Each takes the validated args dict; a result op returns its result.
@@ -546,6 +551,7 @@ class PinWorker:
         """Take one message from the server; then publish the record (it has taken *seq*)."""
         seq, op, args, request_id = decode_request(raw)
         self._deferred = True              # one record for the whole message, at its end
+        self._handling = seq               # (or before its answer: see send)
         try:
             self._handle(seq, op, args, request_id)
         finally:
@@ -579,9 +585,10 @@ class PinWorker:
             else:
                 self.send(Err(seq, error, request_id))
         elif op == Op.TASK:
+            job = Job(seq, op, args, request_id, Task(**_task_fields(args)))
+            self.submit(job)
             if args.get('reply', True):
                 self.send(Ok(seq, {}))   # accepted; its end is reported with End
-            self.submit(Job(seq, op, args, request_id, Task(**_task_fields(args))))
         else:
             self.submit(Job(seq, op, args, request_id))
 
@@ -607,6 +614,12 @@ class PinWorker:
 
     def send(self, message):
         with self._lock:
+            if self._deferred and type(message) in (Ok, Err) and message.seq == self._handling:
+                # The answer to the request being handled: its effects are done, and
+                # whoever gets the answer may read the record next (with the worker
+                # perhaps frozen right after sending): the record goes first.
+                self.taken = message.seq
+                self.publish()
             self.send_raw(encode(message))
             if type(message) is Err:
                 # published before a read could be answered from the record: the read
@@ -663,10 +676,46 @@ def main(conn, backend, revision, auto=False):
     """
     signal.signal(signal.SIGTERM, _terminate)
     _raise_priority()
+    workdir = own_workdir()
     try:
         _main(conn, backend, revision, auto)
     except Terminated:
         pass
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+#: A worker's own directory inside LG_WD: ``worker-PID``.
+_WORKDIR = 'worker-'
+
+
+def own_workdir():
+    """
+    Give this worker a working directory of its own for lgpio, inside ``LG_WD``.
+
+    lgpio makes its notification FIFOs in ``LG_WD`` (it changes into it as it is
+    imported) and names them by handle numbers that count from 0 in every
+    process (``.lgd-nfy0``, ...): workers sharing one directory take each
+    other's FIFOs, and one left by a worker that was killed makes the next
+    worker's ``notify_open`` fail ("could not build its backend"). The
+    directories of workers that have ended are swept here too.
+    """
+    base = os.environ.get('LG_WD')
+    if not base or not os.path.isdir(base):
+        return None
+    try:
+        for name in os.listdir(base)[:1000]:
+            if name.startswith(_WORKDIR) and name[len(_WORKDIR):].isdigit() and \
+                    not os.path.exists(f'/proc/{name[len(_WORKDIR):]}'):
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        own = os.path.join(base, f'{_WORKDIR}{os.getpid()}')
+        shutil.rmtree(own, ignore_errors=True)      # an ended worker's, whose pid this is now
+        os.mkdir(own, 0o700)
+    except OSError:
+        return None
+    os.environ['LG_WD'] = own
+    return own
 
 
 #: The scheduling priority (nice value) a pin worker asks for: its deadlines

@@ -25,6 +25,7 @@ import array
 import gc
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -40,12 +41,16 @@ TARGETS = {
 
 def probe_main(conn, name, revision):
     """Resolve a backend name and report it (see :func:`backends.probe`)."""
+    workdir = worker.own_workdir()       # (lgpio's FIFOs: as a worker's, see there)
     try:
         backend, board_revision, reasons = backends.probe(name, revision)
     except Exception as exc:
         conn.send_bytes(json.dumps(['error', str(exc)]).encode())
     else:
         conn.send_bytes(json.dumps(['ok', backend, board_revision, reasons]).encode())
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 TARGETS['probe'] = probe_main

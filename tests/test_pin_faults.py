@@ -11,7 +11,7 @@ import signal
 import socket
 import threading
 
-from gpiozero import LED, InputDevice
+from gpiozero import LED, Button, InputDevice
 
 from conftest import wait_for
 from remoteio_factory import RemoteServer
@@ -112,6 +112,43 @@ def test_a_worker_cut_short_switches_its_pin_off():
         again.on()
         assert again.value == 1 and rig.level(17) == 1
         other.close()
+        factory.close()
+    finally:
+        rig.close()
+
+
+def test_each_lgpio_worker_has_a_directory_of_its_own(tmp_path):
+    """
+    lgpio makes its notification FIFOs in LG_WD and names them by handle numbers
+    that count from 0 in every process: workers sharing the directory took each
+    other's (a worker ending unlinked the FIFO a new one had just made, whose
+    backend then failed to build: "can not open pathname"). Each worker now has
+    a directory of its own inside LG_WD, removed when it ends; those of killed
+    workers are swept.
+    """
+    workdir = tmp_path / 'lg'
+    workdir.mkdir()
+    rig = start_rig('lgpio', env=dict(os.environ, LG_WD=str(workdir)))
+    try:
+        factory = rig.server.factory()
+        buttons = [Button(gpio, pin_factory=factory) for gpio in (4, 5, 6)]
+        for button in buttons:
+            button.when_pressed = lambda: None          # lgpio alerts: its FIFOs
+        pids = [rig.server.pin(gpio)['worker_pid'] for gpio in (4, 5, 6)]
+        assert not [p.name for p in workdir.iterdir() if p.name.startswith('.lgd-nfy')]
+        for pid in pids:
+            fifos = [p.name for p in (workdir / f'worker-{pid}').iterdir()]
+            assert any(name.startswith('.lgd-nfy') for name in fifos), fifos
+        os.kill(pids[0], signal.SIGKILL)                # leaves its directory behind
+        rig.server.wait_free(4)
+        buttons[1].close()                              # ends: removes its own
+        rig.server.wait_free(5)
+        assert not (workdir / f'worker-{pids[1]}').exists()
+        for gpio in range(10, 14):                      # new workers sweep the dead one's
+            led = LED(gpio, pin_factory=factory)
+            led.on()
+            assert led.value == 1 and rig.level(gpio) == 1
+        assert not (workdir / f'worker-{pids[0]}').exists()
         factory.close()
     finally:
         rig.close()
