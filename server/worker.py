@@ -614,19 +614,22 @@ class PinWorker:
 
     def send(self, message):
         with self._lock:
-            if self._deferred and type(message) in (Ok, Err) and message.seq == self._handling:
+            kind = type(message)
+            if kind is Err:
+                # In the record before the report leaves: a read that finds the record
+                # then goes to us, behind this report (docs/protocol.md §6). (Published
+                # after the send, a read could be answered from the record in between,
+                # with the report still in the pipe.)
+                self.failed = max(self.failed, message.seq)
+            if self._deferred and kind in (Ok, Err) and message.seq == self._handling:
                 # The answer to the request being handled: its effects are done, and
                 # whoever gets the answer may read the record next (with the worker
                 # perhaps frozen right after sending): the record goes first.
                 self.taken = message.seq
                 self.publish()
+            elif kind is Err:
+                self.publish()
             self.send_raw(encode(message))
-            if type(message) is Err:
-                # published before a read could be answered from the record: the read
-                # then goes to us, behind this report (docs/protocol.md §6)
-                self.failed = max(self.failed, message.seq)
-                if not self._deferred:
-                    self.publish()
 
     def send_raw(self, data):
         with self._lock:

@@ -176,7 +176,8 @@ def test_a_failed_quiet_write_is_reported_before_a_later_read(server):
         sock.sendall(b'{"id": 2, "op": "claim", "pin": 26}\n'
                      b'{"id": 3, "op": "setup", "pin": 26, "function": "input"}\n')
         assert [r['ok'] for r in replies(reader, 2)] == [True, True]
-        for i in range(100):
+        # (a narrow window: 1000 tries, some 0.5 s, catch it where 100 rarely did)
+        for i in range(1000):
             # a write to an input fails in the worker; the read right behind it must
             # not be answered (from the record) before that failure is (§6)
             sock.sendall(json.dumps({'id': 10 + 2 * i, 'op': 'write', 'pin': 26, 'state': 1,
