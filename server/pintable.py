@@ -60,6 +60,8 @@ _NO_CHANGE = frozenset({Op.SNAPSHOT, Op.SYNC, Op.READ})
 #: The server's own requests, which no reply to a client waits behind: a read
 #: (from the record) may overtake their answers; not those of any other request.
 _INTERNAL = frozenset({Op.SNAPSHOT, Op.SYNC})
+#: Requests that change a pin but leave an output an output (a task fails on an input).
+_KEEP_FUNCTION = frozenset({Op.WRITE, Op.TASK})
 
 
 class PinStatus(str, Enum):
@@ -114,6 +116,7 @@ class ClaimedPin:
         # or a read): a read must not overtake their answers.
         self._unanswered = set()
         self._changed = 0               # seq of the last request sent that changes the pin
+        self._reconfigured = 0          # ... that may change what it is (not a write or task)
         self._failures_told = 0         # seq of the last failure passed on to its sender
         self._tasks = {}                # seq -> route of a timed task not yet ended
         self.unsynced = False           # quiet requests sent since the last sync
@@ -181,9 +184,10 @@ class ClaimedPin:
         its own worker drives, so no other pin's write can change it.
         """
         record = self.record()
-        # (and no request still on its way might make it something else)
+        # (and no request still on its way might make it something else: writes
+        # and tasks on their way leave it an output, and a read goes behind them)
         return (record is not None and record.function == 'output'
-                and record.taken >= self._changed)
+                and record.taken >= self._reconfigured)
 
     def can_post(self):
         """True if a request sent to the worker now cannot block (see POST_WINDOW)."""
@@ -243,6 +247,8 @@ class ClaimedPin:
             seq = self._seq
             if op not in _NO_CHANGE:
                 self._changed = seq
+                if op not in _KEEP_FUNCTION:
+                    self._reconfigured = seq
             if quiet:
                 self.unsynced = True
                 if op == Op.TASK:
