@@ -24,14 +24,14 @@ itself (SIGALRM) after ``--lifetime`` seconds whatever happens.
 """
 
 import argparse
-import json
 import os
-import select
 import signal
 import sys
 import threading
 import time
 import traceback
+
+from bench.childio import Commands, emit
 
 HOST = '127.0.0.1'
 PWM_FREQUENCY = 100
@@ -56,30 +56,6 @@ def counter(duty):
         return None
     number = round(duty * VALUE_SCALE) - 1
     return number if 0 <= number < VALUE_PERIOD else None
-
-
-def emit(message):
-    sys.stdout.write(json.dumps(message) + '\n')
-    sys.stdout.flush()
-
-
-def read_start(timeout):
-    """The start time sent by the benchmark on stdin (one JSON line), bounded."""
-    deadline = time.monotonic() + timeout
-    fd = sys.stdin.fileno()
-    received = b''
-    while b'\n' not in received and len(received) < 4096:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f'no start time within {timeout} s')
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if not readable:
-            continue
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            raise EOFError('stdin closed before the start time came')
-        received += chunk
-    return float(json.loads(received.split(b'\n', 1)[0])['start'])
 
 
 def pin_status(factory, gpios):
@@ -146,7 +122,10 @@ def run(args):
                         'writes_before': {g: before[g].get('writes') for g in gpios},
                         'marks': marks}})
 
-        start = read_start(args.start_timeout)
+        command = Commands().next(args.start_timeout)
+        if command is None:
+            raise EOFError('stdin closed before the start time came')
+        start = float(command['start'])
         writers = [Writer(pin, start, args.rate, args.count) for pin in pins]
         for writer in writers:
             writer.start()

@@ -18,14 +18,14 @@ It ends itself (SIGALRM) after ``--lifetime`` seconds whatever happens.
 """
 
 import argparse
-import json
 import os
-import select
 import signal
 import sys
 import threading
 import time
 import traceback
+
+from bench.childio import Commands, emit
 
 HOST = '127.0.0.1'
 #: Bounds: commands per process, and reads per pin per run.
@@ -33,35 +33,6 @@ MAX_COMMANDS = 1000
 MAX_READS = 2_000_000
 #: How long a run may take beyond its window (a read stuck on a server).
 RUN_MARGIN = 15.0
-
-
-def emit(message):
-    sys.stdout.write(json.dumps(message) + '\n')
-    sys.stdout.flush()
-
-
-class Commands:
-    """JSON lines from stdin, one at a time (bounded in bytes)."""
-
-    def __init__(self):
-        self._buffer = b''
-
-    def next(self, timeout):
-        deadline = time.monotonic() + timeout
-        fd = sys.stdin.fileno()
-        while b'\n' not in self._buffer and len(self._buffer) < 1 << 20:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f'no command within {timeout} s')
-            readable, _, _ = select.select([fd], [], [], remaining)
-            if not readable:
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return {'stop': True}
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b'\n')
-        return json.loads(line)
 
 
 class Reader(threading.Thread):
@@ -121,7 +92,7 @@ def serve(args):
         commands = Commands()
         for _ in range(MAX_COMMANDS):
             command = commands.next(args.lifetime)
-            if 'run' in command:
+            if command is not None and 'run' in command:
                 run = command['run']
                 emit({'result': run_window(pins, float(run['start']), float(run['seconds']))})
             else:

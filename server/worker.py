@@ -540,6 +540,12 @@ class PinWorker:
         try:
             result = self.runners[job.op](job.args)
         except Exception as exc:
+            # Some of gpiozero's changes fail half-way (input_with_pull sets the
+            # function, then the pull is refused): the record shows what the pin is now.
+            try:
+                self._record()
+            except Exception:
+                log.debug('GPIO%d: cannot read the pin after a failure', self.gpio, exc_info=True)
             self.send(Err(job.seq, describe_error(exc), job.request_id))
             return
         if job.op in RESULT_OPS or job.args.get('reply'):

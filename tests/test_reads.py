@@ -209,3 +209,22 @@ def test_reads_of_one_pin_are_answered_in_order(server):
             assert first['state'] == second['state'] == bool(i & 1)
     finally:
         sock.close()
+
+
+def test_a_change_that_fails_half_way_is_in_the_record(server):
+    # gpiozero's input_with_pull sets the function, then the pull: on GPIO2 (a fixed
+    # pull-up on the board) the pull is refused with the pin already an input. A read
+    # after the failure must say so, not what the record held before the request.
+    sock, reader = raw_session(server)
+    try:
+        sock.sendall(b'{"id": 2, "op": "claim", "pin": 2}\n'
+                     b'{"id": 3, "op": "setup", "pin": 2, "function": "output", "state": 1}\n')
+        assert [r['ok'] for r in replies(reader, 2)] == [True, True]
+        sock.sendall(b'{"id": 4, "op": "setup", "pin": 2, "function": "input", "pull": "down"}\n')
+        failure, = replies(reader, 1)
+        assert (failure['ok'], failure['error']['type']) == (False, 'PinFixedPull'), failure
+        sock.sendall(b'{"id": 5, "op": "read", "pin": 2}\n')
+        read, = replies(reader, 1)
+        assert (read['function'], read['pull']) == ('input', 'up'), read
+    finally:
+        sock.close()
