@@ -109,6 +109,19 @@ def fds_of(pid):
     return len(os.listdir(f'/proc/{pid}/fd'))
 
 
+def settled_fds(pid, still=0.5, timeout=15):
+    """*pid*'s open files once their count has not changed for *still* s (its spare workers up)."""
+    deadline = time.monotonic() + timeout
+    count, since = fds_of(pid), time.monotonic()
+    while time.monotonic() - since < still:
+        assert time.monotonic() < deadline, f'the server\'s open files kept changing ({count})'
+        time.sleep(0.05)
+        now = fds_of(pid)
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
+
+
 def log_of(server):
     return ''.join(server.stderr_lines)
 
@@ -302,15 +315,23 @@ def fd_limit(limit):
 
 def test_accept_out_of_file_descriptors_backs_off_and_serves_on(servers):
     probe = servers()
-    idle = fds_of(probe.pid)
+    idle = settled_fds(probe.pid)
     probe.stop()
     limit = idle + 12
     server = servers('--max-clients', '2000', '--max-pending', '200', '--lease', '0',
                      '--log-level', 'info',
                      preexec_fn=fd_limit(limit))
+    # Room for this many clients: a socket each (counted once the spare workers are up:
+    # nothing else takes or gives back a descriptor while the clients come)
+    room = limit - settled_fds(server.pid)
+    assert room >= 5, f'room for {room} clients only (limit {limit})'
     clients = []
+
+    def answered(raw):
+        return select.select([raw.sock], [], [], 0)[0]
+
     try:
-        for _ in range(18):                              # more than the server can take
+        for _ in range(room + 3):                        # three more than it can take
             raw = Raw(server.host, server.port)
             raw.request('hello', protocol=1)
             clients.append(raw)
@@ -318,18 +339,14 @@ def test_accept_out_of_file_descriptors_backs_off_and_serves_on(servers):
                  log_of(server).lower(), 10,
                  message='the server to say it is out of file descriptors')
         assert server.alive()
-        # whoever got in is served
-        served = []
-        for raw in clients:
-            readable, _, _ = select.select([raw.sock], [], [], 0.5 if not served else 0.05)
-            if readable:
-                assert raw.reply(2)['ok']
-                served.append(raw)
-        assert served, 'no client was served'
-        waiting = [raw for raw in clients if raw not in served]
+        # whoever got in is served (in the order they came: the backlog is first in,
+        # first out); the others wait for room
+        served, waiting = clients[:room], clients[room:]
+        for raw in served:
+            assert raw.reply(2)['ok']
         accepted = len(served[0].call('status', history=0)['clients'])
-        assert accepted == len(served) and waiting, (accepted, len(served))
-        assert len(served) >= len(waiting) + 2, (len(served), len(waiting))
+        assert accepted == len(served), (accepted, len(served))
+        assert not any(answered(raw) for raw in waiting)
         for raw in served:
             assert raw.call('heartbeat')['ok']
         # room for every waiting client, and one more: they are taken from the backlog
