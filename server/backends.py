@@ -46,8 +46,9 @@ def build_factory(name, revision=None, auto=False):
     OSError, gpiozero's PinFactoryFallback…).
     """
     if name == 'mock':
-        from gpiozero.pins.mock import MockFactory, MockPWMPin
-        return MockFactory(revision=revision or DEFAULT_MOCK_REVISION, pin_class=MockPWMPin)
+        from gpiozero.pins.mock import MockFactory
+        from remoteio_server.virtualpin import VirtualPin
+        return MockFactory(revision=revision or DEFAULT_MOCK_REVISION, pin_class=VirtualPin)
     if name == 'lgpio':
         from gpiozero.pins.lgpio import LGPIOFactory
         return LGPIOFactory()

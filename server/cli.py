@@ -13,7 +13,7 @@ import sys
 from remoteio_factory import protocol
 from remoteio_factory._version import __version__
 from remoteio_factory.transport import server_context
-from remoteio_server import backends, spi
+from remoteio_server import backends, circuit, spi
 from remoteio_server.access import AccessPolicy, parse_hosts, parse_pins
 from remoteio_server.daemon import (
     DEFAULT_LEASE, DEFAULT_MAX_PENDING, MODES, ListenError, run_server)
@@ -49,11 +49,50 @@ def _env(name, default):
 
 def _wire(text):
     try:
-        out, into = text.split(':')
-        return protocol.parse_gpio(out), protocol.parse_gpio(into)
+        gpios = tuple(protocol.parse_gpio(g) for g in text.split(':'))
+        if len(gpios) < 2 or len(set(gpios)) != len(gpios):
+            raise ValueError(text)
+        return gpios
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f'a wire is OUT:IN with two GPIO numbers, e.g. 17:27, not {text!r}') from None
+            f'a wire joins two or more different GPIOs, e.g. 17:27 or 5:6:13, '
+            f'not {text!r}') from None
+
+
+def _part(text):
+    try:
+        return circuit.parse_part(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def read_circuit(path):
+    """
+    A circuit file: one item per line, ``wire 17:27``, ``part button:4:bounce=5``
+    or ``spi mcp3008:0`` (the values of --mock-wire, --mock-part, --mock-spi);
+    ``#`` starts a comment. Returns (wires, parts, spi devices); ValueError
+    naming the line else.
+    """
+    wires, parts, devices = [], [], []
+    with open(path, encoding='utf-8') as file:
+        for number, line in enumerate(file, 1):
+            line = line.split('#', 1)[0].strip()
+            if not line:
+                continue
+            what, _, value = line.partition(' ')
+            try:
+                if what == 'wire':
+                    wires.append(_wire(value.strip()))
+                elif what == 'part':
+                    parts.append(_part(value.strip()))
+                elif what == 'spi':
+                    devices.append(spi.parse_mock_spi(value.strip()))
+                else:
+                    raise ValueError(f'a line is "wire ...", "part ..." or "spi ...", '
+                                     f'not {line!r}')
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise ValueError(f'{path}, line {number}: {exc}') from None
+    return wires, parts, devices
 
 
 def _mock_spi(text):
@@ -95,10 +134,21 @@ def parser():
                    help='mock backend only: a simulated SPI ADC, mcp3008 or mcp3208, on CE0 or '
                         'CE1 of bus 0 (e.g. mcp3008:0); its channels are set with '
                         '"remoteio adc"; repeatable')
-    p.add_argument('--mock-wire', action='append', default=[], metavar='OUT:IN', type=_wire,
-                   help='mock backend only: a virtual jumper wire; input pin IN follows '
-                        'output pin OUT (e.g. 17:27 or GPIO17:GPIO27). May be repeated. '
-                        'Also REMOTEIO_SERVER_MOCK_WIRE, comma-separated')
+    p.add_argument('--mock-wire', action='append', default=[], metavar='GPIO:GPIO', type=_wire,
+                   help='mock backend only: a virtual jumper wire joining two or more pins '
+                        '(e.g. 17:27 or 5:6:13): outputs drive it, else the strongest pull '
+                        'decides. May be repeated. Also REMOTEIO_SERVER_MOCK_WIRE, '
+                        'comma-separated')
+    p.add_argument('--mock-part', action='append', default=[], metavar='KIND:GPIO...',
+                   type=_part,
+                   help='mock backend only: a simulated part on the pins: button:4, '
+                        'switch:4, pir:4, line:4, ldr:18, hcsr04:TRIG:ECHO, pot:channel=0 (on '
+                        'a --mock-spi ADC); options :name=N, :bounce=MS (button), :to=3v3, '
+                        ':charge_ms=MS (ldr). Set with "remoteio part NAME VALUE". May be '
+                        'repeated. Also REMOTEIO_SERVER_MOCK_PART, comma-separated')
+    p.add_argument('--mock-circuit', default=_env('MOCK_CIRCUIT', None), metavar='FILE',
+                   help='mock backend only: wires, parts and SPI devices from a file, one per '
+                        'line: "wire 17:27", "part button:4", "spi mcp3008:0"')
     p.add_argument('--token-file', default=_env('TOKEN_FILE', None), metavar='FILE',
                    help='a file holding the shared secret clients must prove they know '
                         '(HMAC challenge-response; the secret never crosses the wire). The '
@@ -191,6 +241,20 @@ def main(argv=None):
     args = parser().parse_args(argv)
     if not args.mock_wire and _env('MOCK_WIRE', ''):
         args.mock_wire = [_wire(w) for w in _env('MOCK_WIRE', '').split(',') if w.strip()]
+    if not args.mock_part and _env('MOCK_PART', ''):
+        try:
+            args.mock_part = [circuit.parse_part(p) for p in _env('MOCK_PART', '').split(',')
+                              if p.strip()]
+        except ValueError as exc:
+            parser().error(f'REMOTEIO_SERVER_MOCK_PART: {exc}')
+    if args.mock_circuit:
+        try:
+            wires, parts, devices = read_circuit(args.mock_circuit)
+        except (OSError, ValueError) as exc:
+            parser().error(f'--mock-circuit: {exc}')
+        args.mock_wire += wires
+        args.mock_part += parts
+        args.mock_spi += devices
     if not args.mock_spi and _env('MOCK_SPI', ''):
         try:
             args.mock_spi = [spi.parse_mock_spi(d) for d in _env('MOCK_SPI', '').split(',')
@@ -207,6 +271,9 @@ def main(argv=None):
     if args.mock_wire and args.backend != 'mock':
         parser().error('--mock-wire applies to --backend mock only: on a real Pi, connect '
                        'the pins with a jumper wire')
+    if args.mock_part and args.backend != 'mock':
+        parser().error('--mock-part applies to --backend mock only: on a real Pi, connect '
+                       'the parts to the pins')
     if args.print_unit:
         sys.stdout.write(systemd_unit())
         return
@@ -247,7 +314,7 @@ def main(argv=None):
                    revision=args.revision, ready=ready, max_message=args.max_message,
                    max_clients=args.max_clients, max_pending=args.max_pending,
                    max_pins=args.max_pins, spares=args.spares, mock_wires=args.mock_wire,
-                   access=access, lease=args.lease, tls=tls, restore_signals=False)
+                   mock_parts=args.mock_part, access=access, lease=args.lease, tls=tls, restore_signals=False)
     except ListenError as exc:
         print(f'remoteio-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}',
               file=sys.stderr)

@@ -50,7 +50,7 @@ from gpiozero.pins.pi import PiBoardInfo
 from remoteio_factory import protocol
 from remoteio_factory.protocol import MODES
 from remoteio_factory._version import __version__
-from remoteio_server import backends
+from remoteio_server import backends, circuit, spi
 from remoteio_server.access import AccessPolicy, peer_address
 from remoteio_server.pintable import Registry
 from remoteio_server.records import RecordTable
@@ -561,7 +561,7 @@ class Server:
     def __init__(self, host='0.0.0.0', port=protocol.DEFAULT_PORT, backend='auto',
                  mode='wait', revision=None, max_message=protocol.MAX_MESSAGE,
                  max_clients=64, max_pins=64, spares=2, shutdown_timeout=10.0, mock_wires=(),
-                 access=None, lease=DEFAULT_LEASE, tls=None, max_pending=DEFAULT_MAX_PENDING):
+                 mock_parts=(), access=None, lease=DEFAULT_LEASE, tls=None, max_pending=DEFAULT_MAX_PENDING):
         if lease < 0:
             raise ValueError('lease must be 0 (off) or a number of seconds above 0')
         if mode not in MODES:
@@ -573,9 +573,14 @@ class Server:
         if mock_wires and backend != 'mock':
             raise ValueError('--mock-wire applies to the mock backend only: on a real Pi, '
                              'connect the pins with a jumper wire')
+        if mock_parts and backend != 'mock':
+            raise ValueError('--mock-part applies to the mock backend only: on a real Pi, '
+                             'connect the parts to the pins')
         if max_clients < 1 or max_pending < 1:
             raise ValueError('max_clients and max_pending must be at least 1')
-        self.mock_wires = list(mock_wires)
+        self.mock_wires = [tuple(wire) for wire in mock_wires]
+        self.mock_parts = [circuit.parse_part(p) if isinstance(p, str) else p
+                           for p in mock_parts]
         self.access = access or AccessPolicy()
         self.lease = lease
         self.tls = tls                # an ssl.SSLContext (server side), or None
@@ -654,13 +659,13 @@ class Server:
         self.capabilities = dict(backends.CAPABILITIES[backend])
         self.board_info = PiBoardInfo.from_revision(int(revision, 16))
         gpios = board_gpios(self.board_info)
-        for out, into in self.mock_wires:
-            for gpio in (out, into):
-                if gpio not in gpios:
-                    self._close_spawner()
-                    raise ValueError(f'--mock-wire: GPIO{gpio} is not a GPIO of this board')
+        try:
+            self.circuit = self._build_circuit(gpios) if backend == 'mock' else None
+        except ValueError:
+            self._close_spawner()
+            raise
         self.spawner.use(backend, revision if backend == 'mock' else None)
-        self.registry = Registry(self.spawner, gpios, self.mock_wires, self.records)
+        self.registry = Registry(self.spawner, gpios, self.circuit, self.records)
         try:
             self._listener = self._listen()
         except ListenError:
@@ -1076,11 +1081,29 @@ class Server:
             'tls': self.tls is not None,
         }
 
+    def _build_circuit(self, gpios):
+        """The virtual Pi's wires and parts (:mod:`.circuit`); None without any."""
+        if not self.mock_wires and not self.mock_parts:
+            return None
+        for part in self.mock_parts:
+            if part.kind == 'pot' and spi.MOCK_SELECTS[part.adc] not in spi.MOCK_DEVICES:
+                raise ValueError(f'--mock-part {part.name}: there is no simulated ADC on CE'
+                                 f'{part.adc}: add --mock-spi mcp3008:{part.adc}')
+        fixed = {}
+        for header in self.board_info.headers.values():
+            for info in header.pins.values():
+                if 'gpio' in info.interfaces and info.pull == 'up':
+                    fixed[int(info.name[4:])] = 'up'
+        return circuit.Circuit(gpios, self.mock_wires, self.mock_parts, fixed)
+
     def status(self, history=20):
         with self._lock:
             sessions = list(self.sessions.values())
         pins = self.registry.snapshot(history)
-        return {
+        extra = {}
+        if self.circuit is not None:
+            extra['circuit'] = self.circuit.status()
+        return dict({
             'protocol': protocol.PROTOCOL_VERSION,
             'server': 'remoteio-server',
             'version': __version__,
@@ -1106,7 +1129,7 @@ class Server:
                 for s in sessions
             ],
             'pins': pins,
-        }
+        }, **extra)
 
     def status_reply(self, id, history, session=None):
         """

@@ -14,7 +14,9 @@ the tuple, in order. Nothing else builds or takes apart those arrays:
 To a worker, always a :class:`Request`: ``seq`` numbers the requests of one
 claim (1, 2, ...), ``op`` is one of :class:`Op`, ``args`` its fields, already
 validated by the session, and ``request_id`` the client's request id (or null),
-for errors reported later.
+for errors reported later. ``signal`` (mock backend) carries ``{'version': n,
+'signal': {...}}``: what the pin's net now carries (:mod:`.signals`), the
+highest version winning.
 
 From a worker (:class:`Kind` names them):
 
@@ -27,7 +29,9 @@ From a worker (:class:`Kind` names them):
   ``failed``).
 - :class:`Event` ``(t, level, n)``: an input edge at server time *t*, the
   pin's *n*-th reported edge.
-- :class:`Level` ``(level)``: a ``--mock-wire`` output changed level.
+- :class:`Electrical` ``(function, level, frequency, pull, t)``: a pin on a
+  net of the virtual Pi (:mod:`.circuit`) changed what it does to the net at
+  server time *t* (an output's level or PWM duty, a pull, its function).
 
 When each request is answered is the worker's business (its module docstring
 says); what a worker has *taken* so far it also publishes in its shared record
@@ -63,6 +67,7 @@ class Op(str, Enum):
     SYNC = 'sync'
     HALT = 'halt'
     DRIVE = 'drive'
+    SIGNAL = 'signal'
     # an SPI bus's operations
     TRANSFER = 'transfer'
     CONFIGURE = 'configure'
@@ -76,7 +81,7 @@ class Kind(str, Enum):
     ERR = 'err'
     END = 'end'
     EVENT = 'event'
-    LEVEL = 'level'
+    ELECTRICAL = 'electrical'
 
 
 class Request(NamedTuple):
@@ -113,12 +118,16 @@ class Event(NamedTuple):
     n: int
 
 
-class Level(NamedTuple):
-    level: int
+class Electrical(NamedTuple):
+    function: str
+    level: float
+    frequency: Optional[float]
+    pull: Optional[str]
+    t: float
 
 
 _KIND_OF = {Ready: Kind.READY, Ok: Kind.OK, Err: Kind.ERR, End: Kind.END, Event: Kind.EVENT,
-            Level: Kind.LEVEL}
+            Electrical: Kind.ELECTRICAL}
 _REPLY_CLASS = {kind.value: cls for cls, kind in _KIND_OF.items()}
 
 

@@ -33,7 +33,8 @@ from remoteio_factory.protocol import ProtocolError, error_reply
 from gpiozero.exc import PinSetInput
 
 from remoteio_server.messages import (
-    End, Err, Event, Level, Ok, Op, Request, decode_reply, describe_error, encode, pin_error)
+    Electrical, End, Err, Event, Ok, Op, Request, decode_reply, describe_error, encode,
+    pin_error)
 from remoteio_server.records import RecordTable
 
 log = logging.getLogger('remoteio_server.pintable')
@@ -120,12 +121,12 @@ class ClaimedPin:
         self._failures_told = 0         # seq of the last failure passed on to its sender
         self._tasks = {}                # seq -> route of a timed task not yet ended
         self.unsynced = False           # quiet requests sent since the last sync
-        # an input that follows a --mock-wire: its level arrives through our reader
-        # threads, so its record alone never tells that a read would see it
-        self.follows_wire = gpio in registry.wire_inputs
-        # an output that drives a --mock-wire: "caught up" needs a sync through
-        # its reader, which relays the level before answering
-        self.relays = gpio in registry.wires
+        # On a net of the virtual Pi (mock backend, :mod:`.circuit`): its level may come
+        # through the reader threads (of its own and other pins), so its record alone
+        # never tells that a read would see it; and what it does to the net goes out
+        # through its reader, so "caught up" needs a sync through it.
+        self.on_circuit = gpio in registry.circuit_gpios
+        self._patch = set()             # seqs of setup/pull on such a pin (see _answered)
         self._release_seq = None
         self._release_route = None      # answered when the pin is free again
         self._lock = threading.Lock()
@@ -163,7 +164,7 @@ class ClaimedPin:
         has not yet taken every request sent to it, or one still waits for its
         answer, which a read must not overtake).
         """
-        if self._unanswered or self.follows_wire or self.status is not PinStatus.CLAIMED:
+        if self._unanswered or self.status is not PinStatus.CLAIMED:
             return None
         if record is None:
             record = self.record()
@@ -171,7 +172,16 @@ class ClaimedPin:
             return None
         if record.failed > self._failures_told:
             return None        # a failure on its way to the client: the read goes behind it
-        return record.as_read()
+        state = record.as_read()
+        if self.on_circuit and state['function'] == 'input':
+            # An input on a net reads what the net carries (a PWM wave: at this moment).
+            # The circuit has heard of every change of this pin's worker that was
+            # answered (its report goes before the answer), and of every signal sent to
+            # it (none is unanswered): what it says is what the worker would say.
+            level = self.registry.circuit.level_of(self.gpio)
+            if level is not None:
+                state['state'] = bool(level)
+        return state
 
     def record(self):
         """This worker's shared record (:class:`records.Record`), or None."""
@@ -203,7 +213,7 @@ class ClaimedPin:
             return False
         if not self.unsynced:
             return True
-        if self.relays:
+        if self.on_circuit:
             return False
         record = self.registry.records.read(self.gpio)
         if record is not None and record.pid == self.worker.pid and record.taken >= self._changed:
@@ -261,6 +271,8 @@ class ClaimedPin:
                     args = dict(args, reply=True)
             if op == Op.TASK:
                 self._tasks[seq] = route
+            elif self.on_circuit and op in (Op.SETUP, Op.PULL):
+                self._patch.add(seq)
             elif op == Op.RELEASE:
                 self._release_seq = seq
         try:
@@ -311,6 +323,14 @@ class ClaimedPin:
             route = self._pending.get(seq)
             if error is not None:
                 self._tasks.pop(seq, None)    # a task refused at acceptance never ends
+            patch = seq in self._patch
+            self._patch.discard(seq)
+        if patch and result is not None and result.get('function') == 'input':
+            # The worker answered with its level before the net's answer to this very
+            # change (its own pull, say) came back from the circuit: the net's level.
+            level = self.registry.circuit.level_of(self.gpio)
+            if level is not None:
+                result = dict(result, state=bool(level))
         if route is not None:
             # Reply first, then stop counting the request as pending: a read
             # waiting for this pin must not overtake the reply.
@@ -371,8 +391,8 @@ class ClaimedPin:
                 if owner is not None:
                     owner.send({'push': 'event', 'pin': self.gpio, 't': message.t,
                                 'state': message.level, 'n': message.n})
-            elif kind is Level:
-                self.registry.relay(self.gpio, message.level)
+            elif kind is Electrical:
+                self.registry.electrical(self.gpio, message)
         # The worker has ended (released, died, or its claim failed: then the
         # claiming thread cleans up, and there is nothing to free or report).
         with self._lock:
@@ -452,16 +472,15 @@ class Ignored:
 class Registry:
     """Owner of every claimed pin; see the module docstring."""
 
-    def __init__(self, spawner, names, wires=(), records=None):
+    def __init__(self, spawner, names, circuit=None, records=None):
         self.spawner = spawner
         self.names = names           # gpio -> 'GPIO17', for every GPIO of the board
         self.gpios = frozenset(names)
         self.records = records if records is not None else RecordTable()
-        self.wires = {}              # output gpio -> [input gpios] (mock backend only)
-        for out, into in wires:
-            self.wires.setdefault(out, []).append(into)
-        self.wire_inputs = frozenset(into for _, into in wires)
-        self.mock_levels = {}        # input gpio -> level last driven (mock backend only)
+        # the virtual Pi's wires and parts (mock backend only; :mod:`.circuit`)
+        self.circuit = circuit
+        self.circuit_gpios = circuit.gpios if circuit is not None else frozenset()
+        self.mock_levels = {}        # unwired input gpio -> level last driven (mock backend only)
         self._claimed = {}
         self._released = {}          # gpio -> last snapshot of a freed pin
         self.closing = False         # the server is stopping: no new claims
@@ -515,14 +534,25 @@ class Registry:
         self.records.clear(gpio)      # (an earlier worker's record is no use)
         pin.attach(worker)
         try:
+            on_circuit = gpio in self.circuit_gpios
+            signal = None
+            if on_circuit:
+                version, net_signal = self.circuit.signal_of(gpio)
+                signal = {'version': version, 'signal': net_signal.to_dict()}
             state = pin.call(Op.CLAIM, {'gpio': gpio, 'mode': session.mode,
-                                       'report_levels': gpio in self.wires,
+                                       'circuit': on_circuit, 'signal': signal,
                                        'level': self.mock_levels.get(gpio)},
                              max(0.5, deadline - time.monotonic()))
             with pin._lock:
                 if pin.status is PinStatus.GONE:       # the worker ended as it answered
                     raise ProtocolError('worker_died', f'the worker of GPIO{gpio} ended')
                 pin.status = PinStatus.CLAIMED
+            if on_circuit:
+                # a change of the net while it was being claimed (send_signals skipped it)
+                version, net_signal = self.circuit.signal_of(gpio)
+                if version > signal['version']:
+                    pin.forward(Op.SIGNAL, {'version': version, 'signal': net_signal.to_dict()},
+                                NoReply())
         except (ProtocolError, TimeoutError):
             with pin._lock:
                 if pin.status is not PinStatus.GONE:
@@ -540,26 +570,60 @@ class Registry:
 
     def drive(self, gpio, level, route):
         """Set a mock input's level now, or when its pin is next claimed."""
-        self.mock_levels[gpio] = level
         with self._lock:
             pin = self._claimed.get(gpio)
-        if pin is not None and pin.status in (PinStatus.CLAIMED, PinStatus.RELEASING):
+        live = pin is not None and pin.status in (PinStatus.CLAIMED, PinStatus.RELEASING)
+        if live:
             record = pin.record()
             if record is not None and record.function != 'input' and \
                     record.taken >= pin.sent_changed:
                 # Refused without the worker, which would refuse it too: a flood of
                 # drives at an output costs its worker (and its timing) nothing.
+                if gpio not in self.circuit_gpios:
+                    self.mock_levels[gpio] = level
                 route.finish(None, describe_error(PinSetInput(
                     f'cannot drive {self.names[gpio]}: it is not an input')))
                 return
+        if gpio in self.circuit_gpios:
+            # an outside source on a net: the circuit works out what every pin on it sees
+            self.send_signals(self.circuit.drive(gpio, level), {gpio: route})
+            return
+        self.mock_levels[gpio] = level
+        if live:
             pin.forward(Op.DRIVE, {'state': level}, route)
         else:
             route.finish({}, None)
 
-    def relay(self, out, level):
-        """A wired output changed: drive the inputs it is wired to (``--mock-wire``)."""
-        for into in self.wires.get(out, ()):
-            self.drive(into, level, NoReply())
+    def electrical(self, gpio, message):
+        """A pin on a net changed what it does to it (its worker says, via its reader)."""
+        self.send_signals(self.circuit.update(gpio, *message))
+
+    def set_part(self, name, value, route):
+        """``remoteio part``: set a simulated part's value (KeyError, ValueError)."""
+        changes = self.circuit.set_part(name, value)
+        part = self.circuit.parts[name]
+        if part.kind == 'pot':
+            from remoteio_server import spi
+            spi.set_mock_channel(self, spi.MOCK_SELECTS[part.adc], part.channel,
+                                 part.value, NoReply())
+        self.send_signals(changes)
+        route.finish({}, None)
+
+    def send_signals(self, changes, routes=None):
+        """Send each (gpio, version, signal) of *changes* to its pin's worker, if it has one."""
+        routes = dict(routes or {})
+        for gpio, version, signal in changes:
+            with self._lock:
+                pin = self._claimed.get(gpio)
+            route = routes.pop(gpio, None) or NoReply()
+            # (a pin being claimed takes the signal with its claim, see claim)
+            if pin is not None and pin.status in (PinStatus.CLAIMED, PinStatus.RELEASING) and \
+                    not getattr(pin, 'is_bus', False):
+                pin.forward(Op.SIGNAL, {'version': version, 'signal': signal.to_dict()}, route)
+            else:
+                route.finish({}, None)        # (it takes the net's signal at its claim)
+        for route in routes.values():
+            route.finish({}, None)
 
     def freed(self, pin, died):
         final = pin.final
@@ -575,6 +639,8 @@ class Registry:
                 self._released[gpio] = entry
             self._changed.notify_all()
         pin.freed_event.set()
+        if pin.gpio in self.circuit_gpios and not getattr(pin, 'is_bus', False):
+            self.send_signals(self.circuit.unclaimed(pin.gpio))
         if pin.owner is not None:
             for gpio in pin.gpios:
                 if gpio != pin.gpio and pin.owner.pins.get(gpio) is pin:

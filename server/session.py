@@ -169,6 +169,7 @@ class Session:
             'edges': self.on_edges,
             'subscribe': self.on_subscribe,
             'drive': self.on_drive,
+            'part': self.on_part,
             'status': self.on_status,
             'bye': self.on_bye,
         }
@@ -620,6 +621,29 @@ class Session:
         if type(state) is not int or state not in (0, 1):
             raise ProtocolError('invalid_state', "field 'state' must be 0 or 1")
         self.server.registry.drive(gpio, int(state), ClientReply(self, id, False, gpio))
+
+    def on_part(self, id, message):
+        if self.server.backend != 'mock':
+            raise ProtocolError('mock_only', 'part works on the mock backend only: on a real '
+                                             'Pi, the parts are on the pins')
+        circuit = self.server.circuit
+        parts = circuit.parts if circuit is not None else {}
+        name = message.get('name')
+        if not isinstance(name, str) or name not in parts:
+            known = ', '.join(sorted(parts)) or 'none (--mock-part)'
+            raise ProtocolError('bad_request', f'no simulated part named {printable(repr(name), 40)}; '
+                                               f'this server has: {known}')
+        part = parts[name]
+        for gpio in part.gpios.values():
+            if not self.server.access.allows_pin(gpio):
+                raise ProtocolError('not_allowed', f'{name} is on GPIO{gpio}, which is not in '
+                                                   f'the server\'s --allow-pins list')
+        value = message.get('value')
+        try:
+            part.parse(value)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError('bad_request', str(exc)) from None
+        self.server.registry.set_part(name, value, ClientReply(self, id, False, None))
 
     def on_status(self, id, message):
         history = protocol.get_count(message, 'history', 20, 1000)

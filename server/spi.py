@@ -294,10 +294,14 @@ def on_set_channel(session, id, message):
     if type(channel) is not int or not 0 <= channel < channels:
         raise ProtocolError('bad_request', f"field 'channel' must be 0 to {channels - 1}")
     value = protocol.get_state(message, 'value')
+    set_mock_channel(registry, select, channel, value, ClientReply(session, id, False, None))
+
+
+def set_mock_channel(registry, select, channel, value, route):
+    """Set channel *channel* of the simulated ADC on *select* to *value* (0..1 of Vref)."""
     _mock_values(registry)[select][channel] = float(value)
     with registry._lock:
         bus = registry._claimed.get(select)
-    route = ClientReply(session, id, False, None)
     if bus is not None and getattr(bus, 'is_bus', False) and bus.status in (PinStatus.CLAIMED, PinStatus.RELEASING):
         bus.forward(Op.SET_CHANNEL, {'channel': channel, 'value': float(value)}, route)
     else:

@@ -51,13 +51,15 @@ from gpiozero.exc import PinPWMFixedValue, PinPWMUnsupported, PinSetInput
 from remoteio_server import messages, records
 from remoteio_server.backends import BUILD_AT_CLAIM, CAPABILITIES, build_factory
 from remoteio_server.messages import (
-    End, Err, Event, Level, Ok, Op, Ready, decode_request, describe_error, encode,
+    Electrical, End, Err, Event, Ok, Op, Ready, decode_request, describe_error, encode,
     ok_then_history, pin_error)
+from remoteio_server.signals import Signal
 from remoteio_factory.tasks import Task
 
 # Preloaded by the spawner so that every worker starts with gpiozero imported.
 import gpiozero  # noqa: F401
 import gpiozero.pins.mock  # noqa: F401
+import remoteio_server.virtualpin  # noqa: F401
 
 log = logging.getLogger('remoteio_server.worker')
 
@@ -105,7 +107,7 @@ class Job:
 class PinWorker:
     """Carries out the jobs for one pin; see the module docstring."""
 
-    def __init__(self, conn, factory, gpio, backend, mode, report_levels=False, record=None):
+    def __init__(self, conn, factory, gpio, backend, mode, circuit=False, record=None):
         self.conn = conn
         self.record = record              # this pin's shared record (records.RecordWriter)
         self.taken = 0                    # seq of the last request taken
@@ -122,7 +124,14 @@ class PinWorker:
         # Edge events arrive on the backend's own thread: one lock for what
         # both threads touch (the history and the pipe).
         self._lock = threading.RLock()
-        self.report_levels = report_levels   # this pin drives a --mock-wire
+        # On a net of the virtual Pi (mock): report what the pin does to the net, and
+        # take the net's signal (:mod:`.circuit`, :mod:`.signals`).
+        self.circuit = circuit
+        self.signal = None                   # the net's Signal (None: none received)
+        self.signal_version = 0
+        self.signal_due = None               # monotonic time of its next change to apply
+        self._signal_after = 0.0             # its changes up to here are applied
+        self._electrical = None              # what was last reported to the circuit
         self.bounce = None
         self.mock_level = None               # last level driven from the network (mock)
         self.events = 0
@@ -193,14 +202,77 @@ class PinWorker:
             self._current = current
             if not self._deferred:
                 self.publish()
-            if changed and self.report_levels and current['function'] == 'output':
-                # a --mock-wire: the input it is wired to follows (an input drives nothing)
-                self.send(Level(int(current['state'] >= 0.5)))
+            if self.circuit:
+                self._report_electrical(now, current)
         # MockPin keeps every change it has ever seen; a daemon must not grow.
         states = getattr(self.pin, 'states', None)
         if isinstance(states, list) and len(states) > 64:
             del states[:-1]
         return current
+
+    def _report_electrical(self, now, current):
+        """Tell the circuit what the pin now does to its net, if that changed."""
+        function = current['function']
+        if function == 'output':
+            state = current['state']
+            electrical = (function, float(state) if current['frequency'] else int(bool(state)),
+                          current['frequency'], None)
+            if self.signal is not None:       # an output takes no signal (see _apply_signal)
+                self.signal = self.pin.signal = None
+                self.signal_due = None
+        else:
+            electrical = (function, 0, None, current['pull'])
+        if electrical != self._electrical:
+            self._electrical = electrical
+            self.send(Electrical(*electrical, now))
+
+    # The net's signal (virtual Pi) ---------------------------------------------------
+
+    def take_signal(self, args):
+        """The circuit says what the pin's net carries now (an older version is ignored)."""
+        version = args['version']
+        if version <= self.signal_version:
+            return
+        self.signal_version = version
+        self.signal = Signal.from_dict(args['signal'])
+        self._apply_signal(time.monotonic())
+
+    def _apply_signal(self, now):
+        """Set the input to the level its signal has at *now*, and plan its next change."""
+        pin, signal = self.pin, self.signal
+        if signal is None or pin.function != 'input':
+            self.signal_due = None
+            return
+        pin.signal = signal
+        level = signal.at(now)
+        if level is not None:
+            pin.drive_at(level, signal.began(now))
+        self._signal_after = now
+        self._record(now)
+        self._plan_signal(now)
+
+    def _plan_signal(self, now):
+        pin, signal = self.pin, self.signal
+        if signal is None or pin.function != 'input':
+            self.signal_due = None
+        else:
+            # a wave's edges only for a client that listens (reads sample the wave anyway)
+            self.signal_due = signal.next_change(now, edges=pin.when_changed is not None)
+
+    def _signal_changes(self, now):
+        """Apply the changes of the signal that are due, each stamped with its own time."""
+        pin, signal = self.pin, self.signal
+        if signal is None or pin.function != 'input':
+            self.signal_due = None
+            return
+        for t, level in signal.changes(self._signal_after, now, limit=8):
+            pin.drive_at(level, t)
+        level = signal.at(now)                   # (late by more than 8 edges: catch up)
+        if level is not None and level != int(bool(pin._state)):
+            pin.drive_at(level, signal.began(now))
+        self._signal_after = now
+        self._record(now)
+        self._plan_signal(now)
 
     def snapshot(self, history=HISTORY_LENGTH):
         result = self.read_state()
@@ -286,6 +358,8 @@ class PinWorker:
             self._last_event = None
         self.pin.when_changed = self._on_change if args['events'] else None
         self._watch()
+        if self.signal is not None:
+            self._plan_signal(time.monotonic())      # (a wave's edges only for a listener)
         return self._record()
 
     def _watch(self):
@@ -297,7 +371,9 @@ class PinWorker:
         factory = self.factory
         # the edge's time on the server's monotonic clock, whatever the backend's ticks are
         now = time.monotonic()
-        t = now - factory.ticks_diff(factory.ticks(), ticks)
+        # (mock: the ticks are the monotonic time of the change, perhaps stamped on the
+        # wire before now, see virtualpin)
+        t = ticks if self.backend == 'mock' else now - factory.ticks_diff(factory.ticks(), ticks)
         with self._lock:
             self._record(now)
             self.publish()         # before the event: a read after it must show the edge
@@ -352,17 +428,27 @@ class PinWorker:
         flipping the level for an instant is no edge.
         """
         pin = self.pin
-        if self.mock_level is None or self.backend != 'mock':
+        signal = self.signal
+        if self.backend != 'mock' or (self.mock_level is None and (
+                signal is None or signal.floating)):
             change()
+            if signal is not None:
+                self._apply_signal(time.monotonic())   # (it became an input: plan its changes)
             return
         handler = pin.when_changed
         pin.when_changed = None
         try:
             change()
             if pin.function == 'input':
-                self.drive(self.mock_level)
+                if signal is not None:
+                    now = time.monotonic()
+                    pin.drive_at(signal.at(now), signal.began(now))
+                else:
+                    self.drive(self.mock_level)
         finally:
             pin.when_changed = handler
+        if signal is not None:
+            self._apply_signal(time.monotonic())
 
     def run_release(self, args):
         """Stop PWM and return the pin to an input, as gpiozero closes a pin."""
@@ -576,6 +662,9 @@ class PinWorker:
         elif op == Op.HALT:
             self.halt()
             self.send(Ok(seq, {}))
+        elif op == Op.SIGNAL:
+            self.take_signal(args)
+            self.send(Ok(seq, {}))
         elif op == Op.DRIVE:
             try:
                 self.drive(args['state'])
@@ -650,8 +739,10 @@ class PinWorker:
                 # Sleep until a message arrives or the running task's next deadline
                 # (select takes a timeout in microseconds; epoll would round to ms),
                 # then take all that has arrived in one read.
-                timeout = None if self.deadline is None else \
-                    max(0.0, self.deadline - time.monotonic())
+                due = self.deadline
+                if self.signal_due is not None and (due is None or self.signal_due < due):
+                    due = self.signal_due
+                timeout = None if due is None else max(0.0, due - time.monotonic())
                 if select.select([fd], [], [], timeout)[0]:
                     frames.fill()
             while not self.released:
@@ -659,11 +750,15 @@ class PinWorker:
                 # what is due is done before the next message is taken
                 if self.deadline is not None and time.monotonic() >= self.deadline:
                     self.advance(time.monotonic())
+                if self.signal_due is not None and time.monotonic() >= self.signal_due:
+                    self._signal_changes(time.monotonic())
                 raw = frames.next()
                 if raw is None:
                     break
                 self.handle(raw)
             self.advance(time.monotonic())
+            if self.signal_due is not None and time.monotonic() >= self.signal_due:
+                self._signal_changes(time.monotonic())
 
 
 class Terminated(BaseException):
@@ -789,10 +884,14 @@ def _main(conn, backend, revision, auto):
             _keep_monitored(factory, args['gpio'])     # before the pin's mode or pull changes
         table = records.inherited()
         worker = PinWorker(conn, factory, args['gpio'], backend, args.get('mode', 'wait'),
-                           args.get('report_levels', False),
+                           args.get('circuit', False),
                            table.writer(args['gpio']) if table is not None else None)
         if args.get('level') is not None:      # a mock input's level, set before the claim
             worker.drive(args['level'])
+        if args.get('signal') is not None:     # what its net carries (virtual Pi)
+            worker.take_signal(args['signal'])
+        if worker.circuit:                     # and what it does to the net
+            worker._report_electrical(time.monotonic(), worker.read_state())
     except Exception as exc:
         conn.send_bytes(encode(Err(seq, describe_error(exc))))
         if factory is not None:
