@@ -22,6 +22,8 @@ from gpiozero.pins import Factory, SPI
 from remoteio_factory.exc import RemoteIOConnectionError
 
 SETTINGS = ('clock_mode', 'lsb_first', 'select_high', 'bits_per_word', 'rate')
+#: The select GPIO of each device of the Pi's hardware SPI bus 0 (CE0, CE1).
+HARDWARE_DEVICES = {8: 0, 7: 1}
 
 
 def _gpio(pin):
@@ -166,9 +168,13 @@ class RemoteIOSPI(SPI):
         try:
             self._check_open()
         except DeviceClosed:
-            return 'RemoteIOSPI(closed)'
-        pins = ', '.join(f'{k}=GPIO{v}' for k, v in self._pins.items() if v is not None)
-        return f'RemoteIOSPI({pins}{", hardware" if self._hardware else ""})'
+            return 'SPI(closed)'
+        # gpiozero's own forms: hardware SPI by its port and device, software SPI by its pins
+        pins = self._pins
+        if self._hardware and pins['select'] in HARDWARE_DEVICES:
+            return f'SPI(port=0, device={HARDWARE_DEVICES[pins["select"]]})'
+        return 'SPI(' + ', '.join(f"{role}_pin='GPIO{gpio}'" for role, gpio in pins.items()
+                                 if gpio is not None) + ')'
 
 
 class RemoteIOSPIShared(SharedMixin, RemoteIOSPI):

@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from remoteio_server import messages, records
-from remoteio_server.messages import End, Err, Event, Level, Ok, Op, Ready, Request
+from remoteio_server.messages import Electrical, End, Err, Event, Ok, Op, Ready, Request
 
 OUTPUT_HIGH = {'function': 'output', 'state': True, 'frequency': None, 'pull': None}
 
@@ -85,7 +85,8 @@ def test_gpios_without_a_slot_have_no_record(table):
 
 @pytest.mark.parametrize('message', [
     Ready(1234), Ok(3, {'state': True}), Err(4, messages.pin_error('limit', 'full'), 7),
-    End(5, 'completed', None), End(6, 'failed', {'code': 'x'}), Event(12.5, 1, 3), Level(0),
+    End(5, 'completed', None), End(6, 'failed', {'code': 'x'}), Event(12.5, 1, 3),
+    Electrical('output', 0.25, 100.0, None, 12.5), Electrical('input', 0, None, 'up', 13.0),
 ])
 def test_worker_replies_survive_the_pipe(message):
     assert messages.decode_reply(messages.encode(message)) == message
