@@ -8,7 +8,9 @@ last transitions. ``--json`` prints the same as the documented, stable JSON
 
 ``remoteio drive GPIO17 high|low`` sets the level of an input on a server
 running the mock backend (a simulated button press, for tests and demos); ``remoteio adc CHANNEL VALUE``
-sets a channel of a simulated SPI ADC (``--mock-spi``).
+sets a channel of a simulated SPI ADC (``--mock-spi``); ``remoteio part NAME
+VALUE`` sets a simulated part of the virtual Pi (``--mock-part``: a button's
+press, a distance in metres, a light level).
 
 ``remoteio watch`` draws a live picture of the server's 40-pin header
 (:mod:`remoteio_factory.watch`; needs the optional rich library).
@@ -61,6 +63,31 @@ def print_status(status, out=sys.stdout, history=5):
         events = ', '.join(_format_event(e, now) for e in pin.get('history', [])[-history:])
         out.write(f'  {pin["name"]:<7} {owner:<6} {pin["status"]:<9} {pin.get("function") or "-":<9} '
                   f'{_format_value(pin):<26} {events}\n')
+    circuit = status.get('circuit')
+    if circuit:
+        print_circuit(circuit, out)
+
+
+def print_circuit(circuit, out=sys.stdout):
+    """The virtual Pi's nets and parts (a mock server with --mock-wire or --mock-part)."""
+    out.write(f'\nvirtual circuit: {len(circuit["nets"])} nets, {len(circuit["parts"])} parts\n')
+    for net in circuit['nets']:
+        pins = '+'.join(f'GPIO{g}' for g in net['pins'])
+        level = '-' if net['level'] is None else net['level']
+        extra = ''.join(f', {p}' for p in net['parts'])
+        if net['driven']:
+            extra += ', driven by remoteio drive'
+        out.write(f'  {pins:<22} level {level}  ({net["signal"]}{extra})\n')
+        if net['short']:
+            out.write(f'    SHORT CIRCUIT: {net["short"]}\n')
+    for part in circuit['parts']:
+        fixed = ('name', 'kind', 'pins')
+        values = ', '.join(f'{k}={v}' for k, v in part.items() if k not in fixed and
+                           not isinstance(v, dict))
+        where = ', '.join(f'{role} GPIO{g}' for role, g in part['pins'].items())
+        if 'adc' in part:
+            where = f'ADC on CE{part["adc"]["ce"]}, channel {part["adc"]["channel"]}'
+        out.write(f'  {part["name"]:<12} {part["kind"]:<7} {where}: {values}\n')
 
 
 def cmd_status(args):
@@ -87,10 +114,11 @@ def cmd_drive(args):
     from remoteio_factory.factory import tls_context
     connection = Connection(args.host, args.port, tls=tls_context())
     try:
-        connection.request('drive', pin=args.pin, state=LEVELS[args.level])
+        connection.request('drive', pin=args.pin, state=LEVELS.get(args.level))
     finally:
         connection.close()
-    print(f'GPIO{args.pin} driven {args.level}')
+    print(f'GPIO{args.pin} let go' if LEVELS.get(args.level) is None else
+          f'GPIO{args.pin} driven {args.level}')
 
 
 MOCK_SPI_SELECTS = {'0': 8, '1': 7}
@@ -126,6 +154,27 @@ def cmd_adc(args):
     finally:
         connection.close()
     print(f'channel {args.channel} of the ADC on GPIO{args.device} set to {args.value:g} of Vref')
+
+
+def _part_value(text):
+    lowered = text.strip().lower()
+    if lowered in LEVELS:               # on/off, high/low for a button, a PIR, a line
+        return LEVELS[lowered]
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'VALUE is a number (or on/off), not {text!r}') from None
+
+
+def cmd_part(args):
+    from remoteio_factory.connection import Connection
+    from remoteio_factory.factory import tls_context
+    connection = Connection(args.host, args.port, tls=tls_context())
+    try:
+        connection.request('part', name=args.name, value=args.value)
+    finally:
+        connection.close()
+    print(f'{args.name} set to {args.value:g}')
 
 
 def cmd_watch(args):
@@ -174,8 +223,8 @@ def parser():
                     '"remoteio drive GPIO4 low" (a button to ground, pull-up). The pin need '
                     'not be claimed yet. A real backend refuses: there, wire the pin.')
     drive.add_argument('pin', type=_gpio, metavar='PIN', help='the GPIO, e.g. GPIO17 or 17')
-    drive.add_argument('level', choices=sorted(LEVELS), metavar='LEVEL',
-                       help='high or low (also 1/0, on/off)')
+    drive.add_argument('level', choices=sorted(LEVELS) + ['none'], metavar='LEVEL',
+                       help='high or low (also 1/0, on/off), or none: stop driving it')
     _server_options(drive)
     drive.set_defaults(run=cmd_drive)
     adc = sub.add_parser(
@@ -191,6 +240,17 @@ def parser():
                           'or mcp3208:1 (CE1)')
     _server_options(adc)
     adc.set_defaults(run=cmd_adc)
+    part = sub.add_parser(
+        'part', help='set a simulated part of the virtual Pi (mock backend only)',
+        description='Set the value of a simulated part attached with the server\'s --mock-part: '
+                    'a button, switch, PIR or line sensor 1/0 (on/off), an HC-SR04\'s distance '
+                    'in metres, a light sensor\'s light level 0 to 1, a potentiometer\'s '
+                    'position 0 to 1. E.g. "remoteio part button4 on", "remoteio part '
+                    'hcsr04_23 0.42". "remoteio status" lists the parts.')
+    part.add_argument('name', metavar='NAME', help='the part, e.g. button4')
+    part.add_argument('value', type=_part_value, metavar='VALUE', help='its new value')
+    _server_options(part)
+    part.set_defaults(run=cmd_part)
     watch = sub.add_parser(
         'watch', help='a live picture of the server\'s 40-pin header',
         description='Show the server\'s 40-pin header as it changes: every pin where it sits on '

@@ -88,7 +88,7 @@ class Button(Part):
     A push button (or switch) between its GPIO and ground (``to=3v3``: the
     3.3 V rail). Pressed, it drives the GPIO to that rail; released, it drives
     nothing (the pin's pull decides). ``bounce=MS``: each press and release
-    chatters 4 times within that many milliseconds before settling.
+    makes 5 edges over that many milliseconds (touch, 2 bounces, settled).
     """
     kind = 'button'
     quantity = 'pressed'
@@ -105,12 +105,11 @@ class Button(Part):
         settled = self.level if self.value else None
         if self.bounce and now < self.changed + self.bounce:
             # the contact chatters: pressed and released levels by turns, then settles
-            other = 1 - self.level
-            first = self.level if self.value else other
-            steps = tuple((self.changed + self.bounce * k / 5, first if k % 2 == 0 else 1 - first)
+            # (from the first touch to the last, 5 edges: the bounce time)
+            first = self.level if self.value else 1 - self.level
+            steps = tuple((self.changed + self.bounce * k / 4, first if k % 2 == 0 else 1 - first)
                           for k in range(1, 5))
-            final = self.level if self.value else other
-            return Signal(first, self.changed, None, steps + ((self.changed + self.bounce, final),))
+            return Signal(first, self.changed, None, steps)
         return None if settled is None else constant(settled, self.changed)
 
 
@@ -167,7 +166,7 @@ class DistanceSensor(Part):
             return None
         if self.echo is not None and now < self.echo[1]:
             rise, fall = self.echo
-            return Signal(0, now, None, ((rise, 1), (fall, 0)))
+            return Signal(0, rise - ECHO_DELAY, None, ((rise, 1), (fall, 0)))
         return constant(0, self.echo[1] if self.echo else 0.0)
 
     def observe(self, gpio, signal, now):

@@ -573,7 +573,7 @@ class Registry:
         with self._lock:
             pin = self._claimed.get(gpio)
         live = pin is not None and pin.status in (PinStatus.CLAIMED, PinStatus.RELEASING)
-        if live:
+        if live and level is not None:
             record = pin.record()
             if record is not None and record.function != 'input' and \
                     record.taken >= pin.sent_changed:
@@ -588,7 +588,10 @@ class Registry:
             # an outside source on a net: the circuit works out what every pin on it sees
             self.send_signals(self.circuit.drive(gpio, level), {gpio: route})
             return
-        self.mock_levels[gpio] = level
+        if level is None:
+            self.mock_levels.pop(gpio, None)
+        else:
+            self.mock_levels[gpio] = level
         if live:
             pin.forward(Op.DRIVE, {'state': level}, route)
         else:

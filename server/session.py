@@ -617,10 +617,13 @@ class Session:
             raise ProtocolError('mock_only', 'drive works on the mock backend only: on a real '
                                              'Pi, the level of an input comes from its wiring')
         gpio = self.allowed_gpio(message)
-        state = message.get('state')
-        if type(state) is not int or state not in (0, 1):
-            raise ProtocolError('invalid_state', "field 'state' must be 0 or 1")
-        self.server.registry.drive(gpio, int(state), ClientReply(self, id, False, gpio))
+        if 'state' not in message:
+            raise ProtocolError('invalid_state', "field 'state' is required: 0, 1 or null "
+                                                 "(let go)")
+        state = message['state']
+        if state is not None and (type(state) is not int or state not in (0, 1)):
+            raise ProtocolError('invalid_state', "field 'state' must be 0, 1 or null (let go)")
+        self.server.registry.drive(gpio, state, ClientReply(self, id, False, gpio))
 
     def on_part(self, id, message):
         if self.server.backend != 'mock':

@@ -235,17 +235,26 @@ class PinWorker:
             return
         self.signal_version = version
         self.signal = Signal.from_dict(args['signal'])
-        self._apply_signal(time.monotonic())
+        self._apply_signal(time.monotonic(), replay=True)
 
-    def _apply_signal(self, now):
-        """Set the input to the level its signal has at *now*, and plan its next change."""
+    def _apply_signal(self, now, replay=False):
+        """
+        Set the input to the level its signal has at *now*, and plan its next
+        change; *replay* (a new signal): first play its steps already past.
+        """
         pin, signal = self.pin, self.signal
         if signal is None or pin.function != 'input':
             self.signal_due = None
             return
         pin.signal = signal
+        if replay and signal.steps and signal.level is not None:
+            # Steps that are already past when the signal arrives still happened (an
+            # echo pulse shorter than the trip here): each is played, with its stamp.
+            pin.drive_at(signal.level, signal.t)
+            for t, level in signal.changes(signal.t, now):
+                pin.drive_at(level, t)
         level = signal.at(now)
-        if level is not None:
+        if level is not None and level != int(bool(pin._state)):
             pin.drive_at(level, signal.began(now))
         self._signal_after = now
         self._record(now)
@@ -409,9 +418,15 @@ class PinWorker:
         self.send(Event(t, level, self.events))
 
     def drive(self, level):
-        """Set the level of a mock input (``remoteio drive``, ``--mock-wire``)."""
+        """Set the level of a mock input (``remoteio drive``); None lets go of it."""
         if self.backend != 'mock':
             raise PinSetInput('only the mock backend can drive a pin from the network')
+        if level is None:               # let go: the pull decides again
+            self.mock_level = None
+            if self.pin.function == 'input':
+                self.pin.pull = self.pin.pull
+                self._record()
+            return
         if self.pin.function != 'input':
             raise PinSetInput(f'cannot drive {self.pin!r}: it is not an input')
         self.mock_level = level
