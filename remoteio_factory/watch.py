@@ -53,8 +53,12 @@ def picture(status, title):
     from rich.text import Text
     pins = {p['gpio']: p for p in status['pins'] if p['status'] in ('claimed', 'releasing')}
     header, rows = header_rows(status['board']['revision'])
-    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), caption=f'{header}: pin 1 '
-                  'top left; owner: client id (see remoteio status)', caption_style='grey50')
+    caption = f'{header}: pin 1 top left; owner: client id (see remoteio status)'
+    parts = parts_line(status)
+    if parts:
+        caption += '\n' + parts
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), caption=caption,
+                  caption_style='grey50')
     for name, justify, width in (('who', 'right', 3), ('fn', 'right', 3), ('level', 'right', 11),
                                  ('name', 'right', 6), ('pin', 'right', 2), ('pin', 'left', 2),
                                  ('name', 'left', 6), ('level', 'left', 11), ('fn', 'left', 3),
@@ -80,6 +84,21 @@ def picture(status, title):
         table.add_row(l_owner, l_fn, l_level, l_name, str(left.number) if left else '',
                       str(right.number) if right else '', r_name, r_level, r_fn, r_owner)
     return table
+
+
+def parts_line(status):
+    """The virtual Pi's parts and their values, one line (empty without any)."""
+    circuit = status.get('circuit') or {}
+    cells = []
+    for part in circuit.get('parts', ()):
+        fixed = ('name', 'kind', 'pins', 'adc', 'pings')
+        values = ' '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}'
+                          for k, v in part.items() if k not in fixed)
+        cells.append(f'{part["name"]} {values}')
+    shorts = [n for n in circuit.get('nets', ()) if n.get('short')]
+    if shorts:
+        cells.append(f'SHORT CIRCUIT on {len(shorts)} net{"s" if len(shorts) > 1 else ""}')
+    return ('parts: ' + ' · '.join(cells)) if cells else ''
 
 
 def title_of(status, host, port):

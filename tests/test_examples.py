@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -100,6 +101,60 @@ def test_demo_runs(server):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert 'GPIO17' in result.stdout and 'every pin released' in result.stdout
+    # the inputs too: the demo presses the button, turns the knob, moves the object
+    assert 'button_led.py: button pressed: LED on' in result.stdout
+    assert 'pot_dimmer.py: potentiometer at' in result.stdout
+    assert 'distance_meter.py: object at' in result.stdout
+    assert 'Traceback' not in result.stdout + result.stderr
+
+
+@pytest.fixture(scope='module')
+def breadboard():
+    """A server with the demo's virtual breadboard (examples/virtual_pi.circuit)."""
+    from conftest import ServerProcess
+    proc = ServerProcess('--mock-circuit', os.path.join(EXAMPLES, 'virtual_pi.circuit'))
+    yield proc
+    proc.stop()
+
+
+def test_input_examples_follow_the_breadboard(breadboard):
+    """button_led, pot_dimmer and distance_meter, with this test as the hand at the breadboard."""
+    from conftest import wait_for
+    from remoteio_factory.connection import Connection
+    hand = Connection(breadboard.host, breadboard.port)
+    env = breadboard.env(PYTHONWARNINGS='ignore::gpiozero.exc.PWMSoftwareFallback')
+    scripts = {name: subprocess.Popen([sys.executable, os.path.join(EXAMPLES, name), '60'],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True)
+               for name in ('button_led.py', 'pot_dimmer.py', 'distance_meter.py')}
+    def last(out):
+        return out[-1] if out else ''
+    try:
+        lines = {name: [] for name in scripts}
+        for name, process in scripts.items():
+            threading.Thread(target=lambda p=process, out=lines[name]: out.extend(p.stdout),
+                             daemon=True).start()
+        wait_for(lambda: lines['pot_dimmer.py'] and lines['distance_meter.py'] and all(
+            (breadboard.pin(g) or {}).get('status') == 'claimed' for g in (4, 27)),
+            timeout=30, message='every example running')
+        hand.request('part', name='button4', value=1)
+        wait_for(lambda: 'button pressed: LED on' in last(lines['button_led.py']),
+                 message='the press')
+        assert breadboard.pin(27)['state'] is True
+        hand.request('part', name='button4', value=0)
+        wait_for(lambda: 'button released: LED off' in last(lines['button_led.py']),
+                 message='the release')
+        hand.request('part', name='pot0', value=0.8)
+        wait_for(lambda: 'potentiometer at 0.80: LED brightness 0.80' in last(lines['pot_dimmer.py']),
+                 message='the knob at 0.8')
+        hand.request('part', name='hcsr04_23', value=0.25)
+        wait_for(lambda: 'object at 25 cm: LED brightness 0.75' in last(lines['distance_meter.py']),
+                 message='the object at 25 cm')
+    finally:
+        hand.close()
+        for process in scripts.values():
+            process.kill()
+            process.wait(10)
 
 
 def test_watch_draws_the_header_live_in_tmux(server, factory):
