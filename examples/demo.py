@@ -169,7 +169,8 @@ def main():
             clients.append(client)
             outputs.append(Output(name, client))
         deadline = time.monotonic() + args.seconds
-        if live_picture_possible() and not args.plain:
+        live = live_picture_possible() and not args.plain
+        if live:
             show_header(port, clients, outputs, hand, deadline)
         else:
             print('the server\'s pins, as `remoteio status` sees them, and what the examples say:')
@@ -184,7 +185,7 @@ def main():
                 time.sleep(0.2)
         for client in clients:
             client.wait(30)
-        for output in outputs:
+        for output in outputs if not live else ():
             for line in output.new():
                 print(f'       {output.name}: {line}', flush=True)
         print('examples finished; every pin released:')

@@ -4,7 +4,10 @@ for remote gpiozero clients (:mod:`remoteio_factory`).
 
 Flow: client → wire → **server** (:mod:`.daemon`, :mod:`.session`) →
 :mod:`.pintable` → pin worker process (:mod:`.worker`, started by
-:mod:`.spawner`) → gpiozero pin of the local backend (:mod:`.backends`).
+:mod:`.spawner`) → gpiozero pin of the local backend (:mod:`.backends`). On the mock backend the
+virtual Pi's wires and parts (:mod:`.circuit`, :mod:`.parts`) sit beside the pin
+table and send the wired inputs their signals (:mod:`.signals`,
+:mod:`.virtualpin`).
 
 Run it with the ``remoteio-server`` command, or from Python::
 

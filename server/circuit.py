@@ -43,6 +43,9 @@ log = logging.getLogger('remoteio_server.circuit')
 FIXED_PULL, INTERNAL_PULL = 2, 1
 #: Cascades one change may set off (an HC-SR04's trigger raising its echo): a bound.
 MAX_CASCADE = 16
+#: Seconds between two warnings about the shorts of one net (a flood of shorts, made by
+#: a client toggling a part against an output, must not flood the log).
+SHORT_LOG_INTERVAL = 1.0
 
 
 class PinState(NamedTuple):
@@ -60,6 +63,8 @@ class Net:
         self.parts = []              # (part, gpio) attached to this net
         self.signal = FLOATING
         self.short = None            # a description while two drivers disagree
+        self.logged = None           # when a short was last logged
+        self.unlogged = 0            # shorts since then, not logged
 
     def name(self):
         return '+'.join(f'GPIO{g}' for g in self.gpios)
@@ -216,14 +221,11 @@ class Circuit:
         if short is not None:
             signal = Signal(None, now)
             if net.short != short:
-                log.warning('short circuit on %s: %s; its inputs keep their level until '
-                            'it is cleared', net.name(), short)
+                self._log_short(net, short)
         elif strong is not None:
             signal = strong
         else:
             signal = self._weak(net, now)
-        if net.short is not None and short is None:
-            log.warning('short circuit on %s cleared', net.name())
         net.short = short
         net.signal = signal
         changes = []
@@ -239,6 +241,16 @@ class Circuit:
             self.sent[gpio] = (self.version, signal)
             changes.append((gpio, self.version, signal))
         return changes
+
+    def _log_short(self, net, short):
+        wall = time.monotonic()
+        if net.logged is not None and wall - net.logged < SHORT_LOG_INTERVAL:
+            net.unlogged += 1
+            return
+        more = f' ({net.unlogged} more since the last warning)' if net.unlogged else ''
+        net.logged, net.unlogged = wall, 0
+        log.warning('short circuit on %s: %s; its inputs keep their level until the drivers '
+                    'agree%s', net.name(), short, more)
 
     def _weak(self, net, now):
         for part, gpio in net.parts:

@@ -552,7 +552,7 @@ class Registry:
                 version, net_signal = self.circuit.signal_of(gpio)
                 if version > signal['version']:
                     pin.forward(Op.SIGNAL, {'version': version, 'signal': net_signal.to_dict()},
-                                NoReply())
+                                Ignored())
         except (ProtocolError, TimeoutError):
             with pin._lock:
                 if pin.status is not PinStatus.GONE:
@@ -618,7 +618,8 @@ class Registry:
         for gpio, version, signal in changes:
             with self._lock:
                 pin = self._claimed.get(gpio)
-            route = routes.pop(gpio, None) or NoReply()
+            # (a signal that finds the worker gone is no news: the pin is being freed)
+            route = routes.pop(gpio, None) or Ignored()
             # (a pin being claimed takes the signal with its claim, see claim)
             if pin is not None and pin.status in (PinStatus.CLAIMED, PinStatus.RELEASING) and \
                     not getattr(pin, 'is_bus', False):

@@ -363,3 +363,83 @@ def test_parts_and_wires_are_refused_off_the_mock_backend_and_when_wrong():
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode != 0, args
         assert message in result.stderr, (args, result.stderr)
+
+
+# Hostile clients and faults --------------------------------------------------------------
+
+
+def test_a_flood_of_shorts_costs_an_impulse_nothing_and_the_log_little(fresh_server):
+    """
+    Four clients toggle a button against an output that runs a 100 ms impulse on the
+    same wire (a short each time they disagree): the impulse keeps its length, every
+    request is answered, and the log gets a few warnings, not one per short.
+    """
+    import socket
+    import threading
+
+    from remoteio_factory import RemoteServer
+    from remoteio_factory.protocol import encode
+    server = fresh_server('--mock-wire', '21:22', '--mock-part', 'button:22:name=flood')
+    floods = [socket.create_connection((server.host, server.port)) for _ in range(4)]
+    answers = [0] * len(floods)
+
+    def drain(index, sock):
+        sock.settimeout(30)
+        buffer = b''
+        while answers[index] < 2501:
+            data = sock.recv(65536)
+            if not data:
+                return
+            buffer += data
+            answers[index] += buffer.count(b'\n')
+            buffer = buffer[buffer.rfind(b'\n') + 1:]
+
+    burst = b''.join(encode({'id': i, 'op': 'part', 'name': 'flood', 'value': i % 2})
+                     for i in range(1, 2501))
+    remote = RemoteServer('127.0.0.1', server.port)
+    readers = [threading.Thread(target=drain, args=(i, sock), daemon=True)
+               for i, sock in enumerate(floods)]
+    try:
+        for sock, reader in zip(floods, readers):
+            sock.sendall(encode({'id': 0, 'op': 'hello', 'protocol': 1}))
+            reader.start()
+        handle = remote.pin(21, 'g').on(time_ms=100)
+        senders = [threading.Thread(target=sock.sendall, args=(burst,)) for sock in floods]
+        for sender in senders:
+            sender.start()
+        assert handle.wait(30) == 'completed'
+        for sender in senders + readers:
+            sender.join(30)
+        assert answers == [2501] * len(floods)             # hello + every part answered
+        history = server.pin(21)['history']
+        changes = [(e['t'], e['state']) for e in history if 'state' in e]
+        rise = next(t for t, state in changes if state == 1)
+        fall = next(t for t, state in changes if state == 0 and t > rise)
+        assert abs(fall - rise - 0.100) < 0.010, fall - rise
+        shorts = [line for line in server.stderr_lines if 'short circuit on GPIO21+GPIO22' in line]
+        assert 1 <= len(shorts) <= 5, shorts
+    finally:
+        for sock in floods:
+            sock.close()
+        remote.close()
+
+
+def test_a_killed_worker_lets_go_of_the_wire(virtual, vf):
+    import os
+    import signal
+    led = LED(19, pin_factory=vf)
+    button = Button(26, pull_up=False, pin_factory=vf)
+    try:
+        led.on()
+        assert button.is_pressed
+        os.kill(virtual.pin(19)['worker_pid'], signal.SIGKILL)
+        # GPIO19 is no longer driven (its pin is freed as a worker that died): the
+        # pull-down at the other end decides
+        wait_for(lambda: not button.is_pressed, message='the pull-down to win')
+        assert net(virtual, 19)['level'] == 0
+    finally:
+        button.close()
+        try:
+            led.close()
+        except Exception:
+            pass        # (its pin died with its worker: the close may say so)
