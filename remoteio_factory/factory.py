@@ -23,7 +23,7 @@ import threading
 import weakref
 
 import gpiozero.threads
-from gpiozero.exc import GPIOPinInUse
+from gpiozero.exc import GPIOPinInUse, PinInvalidPin
 from gpiozero.pins.pi import PiFactory
 from gpiozero.threads import GPIOThread
 from time import monotonic
@@ -413,6 +413,35 @@ class RemoteIOFactory(PiFactory):
     def status(self, history=20):
         """The server's status (see ``remoteio status --json``) as a dict."""
         return self._live_connection().request('status', history=history)
+
+    # The virtual Pi (a server on the mock backend) ----------------------------
+
+    def set_part(self, name, value):
+        """
+        Set a simulated part of a mock server (``--mock-part``): e.g.
+        ``factory.set_part('button4', 1)`` presses the button on GPIO4,
+        ``factory.set_part('hcsr04_23', 0.42)`` puts an object 42 cm from the
+        distance sensor. Returns once the wires it touches carry the change
+        (a read after it sees it). A real backend refuses (``RemoteIOError``).
+        """
+        self._live_connection().request('part', name=name, value=value)
+
+    def drive(self, pin, state):
+        """
+        Drive a mock server's input from outside, as a signal wired to it
+        would: *state* 1 or 0, or None to let go (``remoteio drive``). *pin*
+        is a GPIO number or any name gpiozero knows (``'GPIO4'``, ``'BOARD7'``).
+        A real backend refuses (``RemoteIOError``).
+        """
+        gpio = pin
+        if not isinstance(pin, int):
+            infos = [info for _header, info in self.board_info.find_pin(pin)
+                     if 'gpio' in info.interfaces]
+            if not infos:
+                raise PinInvalidPin(f'{pin!r} is not a GPIO of the remote board')
+            gpio = int(infos[0].name[4:])
+        self._live_connection().request('drive', pin=gpio,
+                                        state=None if state is None else int(bool(state)))
 
     # PiFactory's contract ----------------------------------------------------
 

@@ -312,6 +312,25 @@ def test_drive_on_a_wire_is_an_outside_source(virtual, vf):
 # The protocol and the command line ---------------------------------------------------------
 
 
+def test_the_factory_sets_parts_and_drives_inputs(virtual, vf):
+    """RemoteIOFactory.set_part and .drive: what a test of one's own gpiozero code needs."""
+    button = Button(12, pin_factory=vf)
+    inp = vf.pin(15)
+    try:
+        vf.set_part('plain', 1)
+        assert button.is_pressed                      # a read after it sees it
+        vf.set_part('plain', 0)
+        assert not button.is_pressed
+        inp.input_with_pull('down')
+        vf.drive('GPIO15', 1)
+        assert inp.state == 1
+        vf.drive(15, None)
+        assert inp.state == 0
+    finally:
+        button.close()
+        inp.close()
+
+
 def test_part_requests_are_checked(virtual, server):
     control = virtual.control
     with pytest.raises(RemoteIOProtocolError, match='no simulated part named .*button4'):
