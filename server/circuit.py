@@ -122,6 +122,9 @@ class Circuit:
         self.sent = {}                # gpio -> (version, signal) last sent to its input
         self.version = 0
         self._lock = threading.Lock()
+        now = time.monotonic()
+        for net in self.nets:          # what each carries before anything changes
+            self._resolve_from(net, now)
 
     def __bool__(self):
         return bool(self.nets)
@@ -136,6 +139,10 @@ class Circuit:
         """A wired pin changed (its worker says so); the signals to send: [(gpio, version, signal)]."""
         with self._lock:
             self.pins[gpio] = PinState(function, level, frequency, pull, t)
+            if function == 'output':
+                # its worker drops the signal it had (an output takes none): when it is
+                # an input again, the net's signal is sent afresh
+                self.sent.pop(gpio, None)
             return self._resolve_from(self.net_of[gpio], t)
 
     def unclaimed(self, gpio):

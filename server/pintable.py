@@ -436,10 +436,16 @@ def wait_caught_up(pins, progress, timeout=BARRIER_TIMEOUT):
     *progress* is the owner's condition, notified as answers arrive.
     """
     # Pins being released are left out: their soft close carries out what was sent.
+    # Except a wired one (virtual Pi): its release changes its net, which a read must see.
+    releasing = [p for p in pins if p.status is PinStatus.RELEASING and p.on_circuit]
     pins = [p for p in pins if p.status is PinStatus.CLAIMED and not p.caught_up()]
+    deadline = time.monotonic() + timeout
+    for pin in releasing:
+        if not pin.freed_event.wait(max(0.0, deadline - time.monotonic())):
+            raise ProtocolError('timeout', f'GPIO{pin.gpio} did not finish its release within '
+                                           f'{timeout:g} s')
     if not pins:
         return
-    deadline = time.monotonic() + timeout
     syncs = [(pin, pin.start_sync()) for pin in pins if pin.unsynced]
     for pin, reply in syncs:
         try:
@@ -460,6 +466,22 @@ class NoReply:
     def finish(self, result, error):
         if error is not None:
             log.warning('%s', error.get('message'))
+
+
+class _Settled:
+    """
+    Where the answer to a drive's signal goes: the drive is done once the circuit
+    has it, so a worker that ends before it takes the signal (its pin being
+    released) is no failure of the drive.
+    """
+
+    def __init__(self, route):
+        self.route = route
+
+    def finish(self, result, error):
+        if error is not None and error.get('code') == 'worker_died':
+            error = None
+        self.route.finish({} if error is None else result, error)
 
 
 class Ignored:
@@ -573,21 +595,21 @@ class Registry:
         with self._lock:
             pin = self._claimed.get(gpio)
         live = pin is not None and pin.status in (PinStatus.CLAIMED, PinStatus.RELEASING)
+        if gpio in self.circuit_gpios:
+            # an outside source on a net, whatever the pin is now (against an output that
+            # disagrees, a short): the circuit works out what every pin on it sees
+            self.send_signals(self.circuit.drive(gpio, level), {gpio: _Settled(route)})
+            return
         if live and level is not None:
             record = pin.record()
             if record is not None and record.function != 'input' and \
                     record.taken >= pin.sent_changed:
                 # Refused without the worker, which would refuse it too: a flood of
                 # drives at an output costs its worker (and its timing) nothing.
-                if gpio not in self.circuit_gpios:
-                    self.mock_levels[gpio] = level
+                self.mock_levels[gpio] = level
                 route.finish(None, describe_error(PinSetInput(
                     f'cannot drive {self.names[gpio]}: it is not an input')))
                 return
-        if gpio in self.circuit_gpios:
-            # an outside source on a net: the circuit works out what every pin on it sees
-            self.send_signals(self.circuit.drive(gpio, level), {gpio: route})
-            return
         if level is None:
             self.mock_levels.pop(gpio, None)
         else:
@@ -636,6 +658,11 @@ class Registry:
                      'writes': None, 'history': []}
         if not died:
             log.info('GPIO%d released: %s, state %s', pin.gpio, final['function'], final['state'])
+        if pin.gpio in self.circuit_gpios and not getattr(pin, 'is_bus', False):
+            # Before the pin leaves the table: a new owner's first report must come after
+            # this one (else this would undo it), and whoever waits for the release (a read,
+            # §5) must find the net without this pin's drive.
+            self.send_signals(self.circuit.unclaimed(pin.gpio))
         with self._lock:
             for gpio, entry in pin.entries(dict(final, died=died)).items():
                 if self._claimed.get(gpio) is pin:
@@ -643,8 +670,6 @@ class Registry:
                 self._released[gpio] = entry
             self._changed.notify_all()
         pin.freed_event.set()
-        if pin.gpio in self.circuit_gpios and not getattr(pin, 'is_bus', False):
-            self.send_signals(self.circuit.unclaimed(pin.gpio))
         if pin.owner is not None:
             for gpio in pin.gpios:
                 if gpio != pin.gpio and pin.owner.pins.get(gpio) is pin:

@@ -456,8 +456,10 @@ class Session:
 
     def caught_up(self, except_pin=None):
         """True if every pin but *except_pin* has taken what was sent to it (no waiting)."""
-        # (a copy: a pin's reader thread may free a pin meanwhile)
-        return all(p is except_pin or p.status is not PinStatus.CLAIMED or p.caught_up()
+        # (a copy: a pin's reader thread may free a pin meanwhile; a wired pin being
+        # released has not caught up until it is free, see pintable.wait_caught_up)
+        return all(p is except_pin or (p.caught_up() if p.status is PinStatus.CLAIMED else
+                                       not (p.status is PinStatus.RELEASING and p.on_circuit))
                    for p in tuple(self.pins.values()))
 
     def reply(self, id, **fields):
@@ -637,7 +639,10 @@ class Session:
             raise ProtocolError('bad_request', f'no simulated part named {printable(repr(name), 40)}; '
                                                f'this server has: {known}')
         part = parts[name]
-        for gpio in part.gpios.values():
+        gpios = list(part.gpios.values())
+        if part.kind == 'pot':
+            gpios.append(spi.MOCK_SELECTS[part.adc])     # the ADC it sits on
+        for gpio in gpios:
             if not self.server.access.allows_pin(gpio):
                 raise ProtocolError('not_allowed', f'{name} is on GPIO{gpio}, which is not in '
                                                    f'the server\'s --allow-pins list')

@@ -362,6 +362,18 @@ class PinWorker:
         return self._record()
 
     def run_subscribe(self, args):
+        if self.signal is not None and self.pin.function == 'input':
+            # A wave's edges were not played while nobody listened: the pin takes the
+            # wave's level now (no event), and its edges from now on.
+            now = time.monotonic()
+            level = self.signal.at(now)
+            handler, self.pin.when_changed = self.pin.when_changed, None
+            try:
+                if level is not None:
+                    self.pin.drive_at(level, self.signal.began(now))
+            finally:
+                self.pin.when_changed = handler
+            self._signal_after = now
         with self._lock:
             self._last_level = int(bool(self.pin.state))
             self._last_event = None

@@ -309,6 +309,107 @@ def test_drive_on_a_wire_is_an_outside_source(virtual, vf):
         into.close()
 
 
+def test_an_input_that_was_an_output_for_a_while_follows_the_wire_again(virtual, vf):
+    out, into = vf.pin(17), vf.pin(27)
+    edges = []
+
+    def record(ticks, state):                        # (gpiozero keeps a weak reference)
+        edges.append(state)
+    try:
+        out.output_with_state(1)
+        into.output_with_state(1)                     # both drive 1: no short
+        into.input_with_pull('down')                  # an input again: the wire says 1
+        assert into.state == 1
+        assert virtual.pin(27)['state'] is True       # (its worker's own view, in status)
+        into.edges = 'both'
+        into.when_changed = record
+        out.state = 0
+        wait_for(lambda: edges == [0], message='the fall of the other end as an edge')
+        assert into.state == 0
+    finally:
+        out.close()
+        into.close()
+
+
+def test_a_read_behind_the_release_of_a_wired_output_sees_the_wire_let_go(virtual):
+    """§5: a read waits for the connection's release; a wired pin's release changes its net."""
+    import json
+    import socket
+    sock = socket.create_connection((virtual.host, virtual.port), timeout=10)
+    reader = sock.makefile('rb')
+
+    def send(*messages):
+        sock.sendall(b''.join(json.dumps(m).encode() + b'\n' for m in messages))
+
+    def answer(id):
+        while True:
+            reply = json.loads(reader.readline())
+            if reply.get('id') == id:
+                return reply
+    try:
+        send({'id': 1, 'op': 'hello', 'protocol': 1})
+        assert answer(1)['ok']
+        for round in range(20):
+            base = 10 + round * 10
+            send({'id': base, 'op': 'claim', 'pin': 27},
+                 {'id': base + 1, 'op': 'setup', 'pin': 27, 'function': 'input', 'pull': 'down'},
+                 {'id': base + 2, 'op': 'claim', 'pin': 17},
+                 {'id': base + 3, 'op': 'setup', 'pin': 17, 'function': 'output', 'state': 1},
+                 {'id': base + 4, 'op': 'read', 'pin': 27})
+            assert answer(base + 4)['state'] is True
+            # the release and the read in one go, not waiting for the release's answer
+            send({'id': base + 5, 'op': 'release', 'pin': 17},
+                 {'id': base + 6, 'op': 'read', 'pin': 27},
+                 {'id': base + 7, 'op': 'release', 'pin': 27})
+            assert answer(base + 6)['state'] is False, round
+            assert answer(base + 7)['ok']
+    finally:
+        sock.close()
+
+
+def test_subscribing_late_to_a_wave_brings_no_old_edges(virtual, vf):
+    import time
+    out, into = vf.pin(17), vf.pin(27)
+    edges = []
+
+    def record(ticks, state):
+        edges.append(ticks)
+    try:
+        into.input_with_pull('down')
+        out.function = 'output'
+        out.frequency = 50
+        out.state = 0.5
+        into.state                                    # the wave has reached the input
+        wait_for(lambda: virtual.pin(27)['history'][-1]['t'] + 0.2 < virtual.status(0)['monotonic'],
+                 message='the wave to run unobserved for 0.2 s')
+        into.edges = 'both'
+        subscribed = time.monotonic()
+        into.when_changed = record
+        wait_for(lambda: len(edges) >= 6, message='6 edges')
+        assert min(edges) > subscribed - 0.005, (min(edges), subscribed)
+    finally:
+        out.close()
+        into.close()
+
+
+def test_nets_are_worked_out_before_anything_changes():
+    """A fresh server: GPIO2's fixed pull-up is on its wire before any pin is claimed."""
+    proc = ServerProcess('--mock-wire', '2:20')
+    try:
+        (wire,) = proc.status(0)['circuit']['nets']
+        assert wire['level'] == 1 and wire['signal'] == '1'
+        factory = proc.factory()
+        try:
+            pin = factory.pin(20)
+            pin.function = 'input'
+            assert pin.state == 1
+            assert proc.pin(20)['state'] is True
+        finally:
+            factory.close()
+    finally:
+        proc.stop()
+
+
 # The protocol and the command line ---------------------------------------------------------
 
 
