@@ -49,7 +49,7 @@ def start_server():
 class Hand:
     """
     The person at the breadboard: presses the button for 0.8 s every 2 s (the
-    first press at 0.5 s), turns the potentiometer up and down every 4 s, and
+    first press at once), turns the potentiometer up and down every 4 s, and
     moves an object between 15 and 85 cm in front of the distance sensor every
     5 s, with the protocol's ``part`` requests (what ``remoteio part`` sends).
     """
@@ -59,10 +59,13 @@ class Hand:
         self.values = {}
         self.started = time.monotonic()
 
+    def start(self):
+        self.started = time.monotonic()
+
     def move(self):
         t = time.monotonic() - self.started
         wanted = {
-            'button4': int(0.5 <= t % 2.0 < 1.3),
+            'button4': int(0.1 <= t % 2.0 < 0.9),
             'pot0': round(1 - abs((t / 4.0) % 2.0 - 1), 2),
             'hcsr04_23': round(0.5 - 0.35 * math.cos(2 * math.pi * t / 5), 3),
         }
@@ -94,6 +97,20 @@ class Output:
     def new(self):
         lines, self.shown = self.lines[self.shown:], len(self.lines)
         return lines
+
+
+#: The pins the examples claim once they run (the button's, the ADC's select, the sensor's).
+EXAMPLE_PINS = {4, 27, 8, 12, 23, 24, 13}
+
+
+def wait_until_running(port, clients, timeout=30):
+    """Wait until the examples have claimed their pins: the show starts then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and all(c.poll() is None for c in clients):
+        status = server_status('127.0.0.1', port, history=0)
+        if EXAMPLE_PINS <= {p['gpio'] for p in status['pins'] if p['status'] == 'claimed'}:
+            return
+        time.sleep(0.05)
 
 
 def picture(status):
@@ -168,6 +185,8 @@ def main():
                                       text=True)
             clients.append(client)
             outputs.append(Output(name, client))
+        wait_until_running(port, clients)
+        hand.start()
         deadline = time.monotonic() + args.seconds
         live = live_picture_possible() and not args.plain
         if live:

@@ -1,8 +1,10 @@
 """
 ``remoteio watch``: a live picture of the server's 40-pin header.
 
-Flow: **watch** → connection → ``status`` request (a few times a second) →
-a picture of the header, drawn with rich (the optional ``watch`` extra).
+Flow: **watch** → observation (:mod:`.observe`: the ``observe`` request, a
+snapshot, then the server's pushes as the pins change) → a picture of the
+header, drawn with rich (the optional ``watch`` extra), at most a few times a
+second.
 
 Every pin of the header is shown where it sits on the board: its physical
 number and name, and for a GPIO its owner (client id), function, and level
@@ -15,6 +17,7 @@ from gpiozero.pins.pi import PiBoardInfo
 
 from remoteio_factory.connection import Connection
 from remoteio_factory.exc import RemoteIOConnectionError
+from remoteio_factory.observe import Observation
 
 BAR_WIDTH = 6
 FUNCTION_LABEL = {'output': 'out', 'input': 'in'}
@@ -109,7 +112,11 @@ def title_of(status, host, port):
 
 
 def watch(host, port, interval=0.2, once=False, tls=None):
-    """Draw the header until Ctrl+C (or once)."""
+    """
+    Draw the header until Ctrl+C (or once). It observes the server (the
+    ``observe`` request: a snapshot, then the server pushes each change), so
+    it asks the pins' workers nothing after the first picture.
+    """
     try:
         from rich.console import Console
         from rich.live import Live
@@ -117,34 +124,39 @@ def watch(host, port, interval=0.2, once=False, tls=None):
         raise SystemExit("remoteio watch needs the rich library: "
                          "pip install 'remoteio-factory[watch]'") from None
     console = Console()
-    connection = Connection(host, port, tls=tls)
-    try:
-        status = connection.request('status', history=0)
-        if once:
+    if once:
+        connection = Connection(host, port, tls=tls)
+        try:
+            status = connection.request('status', history=0)
             console.print(picture(status, title_of(status, host, port)))
-            return
+        finally:
+            connection.close()
+        return
+    seen = Observation(host, port, history=0, tls=tls)
+    try:
+        status = seen.status()
         with Live(picture(status, title_of(status, host, port)), console=console,
                   refresh_per_second=max(1, round(1 / interval)), screen=False) as live:
             while True:
-                time.sleep(interval)
-                try:
-                    status = connection.request('status', history=0)
-                except RemoteIOConnectionError as exc:
-                    live.update(f'[red]connection lost: {exc}[/red]; retrying…')
-                    connection = _reconnect(host, port, tls, interval)
-                    continue
+                seen.wait_changes(interval)
+                if seen.connection.broken is not None:
+                    live.update(f'[red]connection lost: {seen.connection.broken}[/red]; '
+                                f'retrying…')
+                    seen.close()
+                    seen = _reconnect(host, port, tls, interval)
+                status = seen.status()
                 live.update(picture(status, title_of(status, host, port)))
     except KeyboardInterrupt:
         pass
     finally:
-        connection.close()
+        seen.close()
 
 
 def _reconnect(host, port, tls, interval):
     delay = interval
     while True:
         try:
-            return Connection(host, port, tls=tls)
+            return Observation(host, port, history=0, tls=tls)
         except RemoteIOConnectionError:
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -1015,6 +1015,8 @@ class Server:
                 return f'the server has its maximum of {self.max_clients} clients'
             self._admitted += 1
             self._pending -= 1
+        self.registry.hub.event(None, client=session.id, event='connected', peer=session.peer,
+                                name=session.client)
         return None
 
     def unadmit(self, session):
@@ -1032,6 +1034,9 @@ class Server:
                 self._admitted -= 1
             else:
                 self._pending -= 1
+        if session.admitted:
+            self.registry.hub.event(None, client=session.id, event='gone',
+                                    reason=printable(reason))
         # a client that drove pins is worth a line; a status query is not
         level = logging.INFO if session.claimed_any else logging.DEBUG
         log.log(level, 'client %s disconnected: %s', session.describe(), printable(reason))

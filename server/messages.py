@@ -29,6 +29,10 @@ From a worker (:class:`Kind` names them):
   ``failed``).
 - :class:`Event` ``(t, level, n)``: an input edge at server time *t*, the
   pin's *n*-th reported edge.
+- :class:`Change` ``(entries)``: while the server has observers
+  (:mod:`.observers`), what the pin's history gained (``{'t': ..., 'state':
+  1}``, ...) and its timed tasks starting and ending (``{'t': ..., 'task':
+  {...}}``, ``{'t': ..., 'task': None, 'result': 'completed'}``).
 - :class:`Electrical` ``(function, level, frequency, pull, t)``: a pin on a
   net of the virtual Pi (:mod:`.circuit`) changed what it does to the net at
   server time *t* (an output's level or PWM duty, a pull, its function).
@@ -68,6 +72,7 @@ class Op(str, Enum):
     HALT = 'halt'
     DRIVE = 'drive'
     SIGNAL = 'signal'
+    OBSERVE = 'observe'
     # an SPI bus's operations
     TRANSFER = 'transfer'
     CONFIGURE = 'configure'
@@ -82,6 +87,7 @@ class Kind(str, Enum):
     END = 'end'
     EVENT = 'event'
     ELECTRICAL = 'electrical'
+    CHANGE = 'change'
 
 
 class Request(NamedTuple):
@@ -118,6 +124,10 @@ class Event(NamedTuple):
     n: int
 
 
+class Change(NamedTuple):
+    entries: list
+
+
 class Electrical(NamedTuple):
     function: str
     level: float
@@ -127,7 +137,7 @@ class Electrical(NamedTuple):
 
 
 _KIND_OF = {Ready: Kind.READY, Ok: Kind.OK, Err: Kind.ERR, End: Kind.END, Event: Kind.EVENT,
-            Electrical: Kind.ELECTRICAL}
+            Electrical: Kind.ELECTRICAL, Change: Kind.CHANGE}
 _REPLY_CLASS = {kind.value: cls for cls, kind in _KIND_OF.items()}
 
 

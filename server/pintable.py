@@ -33,8 +33,9 @@ from remoteio_factory.protocol import ProtocolError, error_reply
 from gpiozero.exc import PinSetInput
 
 from remoteio_server.messages import (
-    Electrical, End, Err, Event, Ok, Op, Request, decode_reply, describe_error, encode,
+    Change, Electrical, End, Err, Event, Ok, Op, Request, decode_reply, describe_error, encode,
     pin_error)
+from remoteio_server.observers import Hub
 from remoteio_server.records import RecordTable
 
 log = logging.getLogger('remoteio_server.pintable')
@@ -393,6 +394,8 @@ class ClaimedPin:
                                 'state': message.level, 'n': message.n})
             elif kind is Electrical:
                 self.registry.electrical(self.gpio, message)
+            elif kind is Change:
+                self.registry.hub.pin_changes(self.gpio, message.entries)
         # The worker has ended (released, died, or its claim failed: then the
         # claiming thread cleans up, and there is nothing to free or report).
         with self._lock:
@@ -503,6 +506,8 @@ class Registry:
         self.circuit = circuit
         self.circuit_gpios = circuit.gpios if circuit is not None else frozenset()
         self.mock_levels = {}        # unwired input gpio -> level last driven (mock backend only)
+        # observers (:mod:`.observers`): while there are any, every worker reports its changes
+        self.hub = Hub(on_switch=self._observe)
         self._claimed = {}
         self._released = {}          # gpio -> last snapshot of a freed pin
         self.closing = False         # the server is stopping: no new claims
@@ -561,7 +566,9 @@ class Registry:
             if on_circuit:
                 version, net_signal = self.circuit.signal_of(gpio)
                 signal = {'version': version, 'signal': net_signal.to_dict()}
+            observed = self.hub.active
             state = pin.call(Op.CLAIM, {'gpio': gpio, 'mode': session.mode,
+                                       'observed': observed,
                                        'circuit': on_circuit, 'signal': signal,
                                        'level': self.mock_levels.get(gpio)},
                              max(0.5, deadline - time.monotonic()))
@@ -569,6 +576,10 @@ class Registry:
                 if pin.status is PinStatus.GONE:       # the worker ended as it answered
                     raise ProtocolError('worker_died', f'the worker of GPIO{gpio} ended')
                 pin.status = PinStatus.CLAIMED
+            if self.hub.active != observed:    # observers came or went while it was claimed
+                pin.forward(Op.OBSERVE, {'on': self.hub.active}, Ignored())
+            self.hub.event(gpio, owner=session.id, status='claimed', **{
+                k: state.get(k) for k in ('function', 'state', 'frequency', 'pull')})
             if on_circuit:
                 # a change of the net while it was being claimed (send_signals skipped it)
                 version, net_signal = self.circuit.signal_of(gpio)
@@ -670,11 +681,22 @@ class Registry:
                 self._released[gpio] = entry
             self._changed.notify_all()
         pin.freed_event.set()
+        for gpio in pin.gpios:
+            self.hub.event(gpio, owner=None, status='free', died=died)
         if pin.owner is not None:
             for gpio in pin.gpios:
                 if gpio != pin.gpio and pin.owner.pins.get(gpio) is pin:
                     del pin.owner.pins[gpio]
             pin.owner.pin_freed(pin, died)
+
+    def _observe(self, on):
+        """The first observer came (*on*), or the last one left: tell every worker."""
+        with self._lock:
+            pins = list({id(p): p for p in self._claimed.values()
+                         if p.status in (PinStatus.CLAIMED, PinStatus.RELEASING)
+                         and not getattr(p, 'is_bus', False)}.values())
+        for pin in pins:
+            pin.forward(Op.OBSERVE, {'on': on}, Ignored())
 
     def halt_all(self):
         """

@@ -170,6 +170,7 @@ class Session:
             'subscribe': self.on_subscribe,
             'drive': self.on_drive,
             'part': self.on_part,
+            'observe': self.on_observe,
             'status': self.on_status,
             'bye': self.on_bye,
         }
@@ -660,6 +661,21 @@ class Session:
         if reply is not None:
             self.channel.post(reply)
 
+    def on_observe(self, id, message):
+        hub = self.server.registry.hub
+        if protocol.get_bool(message, 'stop'):
+            hub.remove(self)
+            self.reply(id)
+            return
+        history = protocol.get_count(message, 'history', 20, 1000)
+        observer = hub.add(self)          # first: nothing between the snapshot and the pushes
+        reply = self.server.status_reply(id, history, self)
+        if reply is None:
+            hub.remove(self)
+            return
+        self.channel.post(reply)
+        hub.started(observer)             # what happened since the snapshot follows it
+
     def on_bye(self, id, message):
         self.wait_caught_up()
         self.reply(id)
@@ -674,6 +690,7 @@ class Session:
         self._ended = True
         reason = self.end_reason or reason
         self.closed = True
+        self.server.registry.hub.remove(self)
         for pin in list(self.pins.values()):
             pin.release()
         self.server.session_ended(self, reason)

@@ -51,7 +51,7 @@ from gpiozero.exc import PinPWMFixedValue, PinPWMUnsupported, PinSetInput
 from remoteio_server import messages, records
 from remoteio_server.backends import BUILD_AT_CLAIM, CAPABILITIES, build_factory
 from remoteio_server.messages import (
-    Electrical, End, Err, Event, Ok, Op, Ready, decode_request, describe_error, encode,
+    Change, Electrical, End, Err, Event, Ok, Op, Ready, decode_request, describe_error, encode,
     ok_then_history, pin_error)
 from remoteio_server.signals import Signal
 from remoteio_factory.tasks import Task
@@ -132,6 +132,7 @@ class PinWorker:
         self.signal_due = None               # monotonic time of its next change to apply
         self._signal_after = 0.0             # its changes up to here are applied
         self._electrical = None              # what was last reported to the circuit
+        self.observed = False                # the server has observers: report each change
         self.bounce = None
         self.mock_level = None               # last level driven from the network (mock)
         self.events = 0
@@ -189,16 +190,25 @@ class PinWorker:
     def _record_state(self, now, current):
         with self._lock:
             changed = False
-            for key in ('function', 'frequency', 'state'):
+            entries = None
+            for key in ('function', 'frequency', 'state', 'pull'):
                 value = current[key]
                 if isinstance(value, bool):
                     value = int(value)
                 if self._last.get(key, ()) != value:
                     self._last[key] = value
+                    if key == 'pull':          # (not in the history: for observers only)
+                        if self.observed:
+                            entries = (entries or []) + [{'t': now, key: value}]
+                        continue
                     # kept encoded: a status asking for 1000 entries then costs a join,
                     # not an encoding that would hold up this pin's timing
                     self.history.append(pack({'t': now, key: value}).decode())
                     changed = changed or key != 'frequency'
+                    if self.observed:
+                        entries = (entries or []) + [{'t': now, key: value}]
+            if entries:
+                self.send(Change(entries))
             self._current = current
             if not self._deferred:
                 self.publish()
@@ -540,9 +550,14 @@ class PinWorker:
         # of no duration between two tasks is a real, if brief, low).
         self._set_level(task.at(0.0)[0])
         self.running = job
+        if self.observed:
+            self.send(Change([{'t': now, 'task': {'id': job.request_id, 'kind': task.kind,
+                                                  'description': task.describe()}}]))
 
     def _end_task(self, result, error=None, switch_off=False):
         job, self.running, self.deadline = self.running, None, None
+        if self.observed:
+            self.send(Change([{'t': time.monotonic(), 'task': None, 'result': result}]))
         if switch_off:
             try:
                 self._set_level(job.task.pin_level(0.0))
@@ -688,6 +703,9 @@ class PinWorker:
             self.send(Ok(seq, {}))
         elif op == Op.HALT:
             self.halt()
+            self.send(Ok(seq, {}))
+        elif op == Op.OBSERVE:
+            self.observed = bool(args.get('on'))
             self.send(Ok(seq, {}))
         elif op == Op.SIGNAL:
             self.take_signal(args)
@@ -915,6 +933,7 @@ def _main(conn, backend, revision, auto):
                            table.writer(args['gpio']) if table is not None else None)
         if args.get('level') is not None:      # a mock input's level, set before the claim
             worker.drive(args['level'])
+        worker.observed = bool(args.get('observed'))
         if args.get('signal') is not None:     # what its net carries (virtual Pi)
             worker.take_signal(args['signal'])
         if worker.circuit:                     # and what it does to the net
