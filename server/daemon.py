@@ -1130,7 +1130,8 @@ class Server:
             },
             'clients': [
                 {'id': s.id, 'peer': s.peer, 'client': s.client, 'mode': s.mode,
-                 'connected': s.connected, 'pins': sorted(s.pins)}
+                 'connected': s.connected, 'pins': sorted(s.pins),
+                 'observing': self.registry.hub.observing(s)}
                 for s in sessions
             ],
             'pins': pins,

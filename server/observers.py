@@ -112,6 +112,9 @@ class Hub:
                 self._on_switch(True)
         return observer
 
+    def observing(self, session):
+        return session in self._observers
+
     def started(self, observer):
         """Its snapshot is on its way: what happened since may follow."""
         observer.ready = True

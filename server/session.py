@@ -26,6 +26,7 @@ waits for a client's socket.
 """
 
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -45,6 +46,8 @@ log = logging.getLogger('remoteio_server.session')
 SEND_TIMEOUT = 10.0
 #: The shortest blink or pulse cycle (seconds): shorter would only keep a core busy.
 MIN_CYCLE = 0.001
+#: The kernel's send buffer for an observing connection (bytes).
+OBSERVER_SNDBUF = 64 * 1024
 #: A connection's first complete line must arrive within this long of its accept.
 FIRST_LINE_TIMEOUT = 5.0
 #: A connection must be admitted (hello; with a token, auth) within this long of its accept.
@@ -668,6 +671,12 @@ class Session:
             self.reply(id)
             return
         history = protocol.get_count(message, 'history', 20, 1000)
+        try:
+            # what the kernel holds for an observer that does not read is bounded too
+            # (beyond it, the hub coalesces: see observers)
+            self.channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, OBSERVER_SNDBUF)
+        except (OSError, AttributeError):
+            pass
         observer = hub.add(self)          # first: nothing between the snapshot and the pushes
         reply = self.server.status_reply(id, history, self)
         if reply is None:
