@@ -268,6 +268,9 @@ class Connection:
             raise RemoteIOAuthError(
                 f'the server at {self.host}:{self.port} could not prove it knows the token: '
                 f'is it the right server?')
+        # what the token may do (a server with scoped tokens says; else: everything)
+        self.scope = {'token': reply.get('token'), 'read_only': bool(reply.get('read_only')),
+                      'pins': reply.get('pins')}
 
     def _measure_clock_offset(self, timeout, samples=5):
         """The server's clock minus ours, from the quickest of a few round trips."""

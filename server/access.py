@@ -12,6 +12,12 @@ session.
   next connection, and the comparison takes constant time). The server
   proves it knows the token too, so a client cannot be fooled by an
   impostor.
+* **Scoped tokens** (``--tokens FILE``): several named tokens, each with the
+  GPIOs it may claim and drive, or read-only (observe and read status, never
+  claim or drive). The connection's token is found by trying the answer
+  against every token (each compared in constant time, all of them every
+  time); its name shows in status and logs, its secret never. ``--token-file``
+  is one full-access token named ``token``.
 * ``--allow-hosts`` limits the peers, ``--allow-pins`` the GPIOs that may
   be claimed. IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``, how a
   dual-stack listener sees IPv4 peers) are IPv4 addresses on both sides: in
@@ -20,7 +26,9 @@ session.
 
 import hmac
 import ipaddress
+import re
 import secrets
+from typing import FrozenSet, NamedTuple, Optional
 
 from remoteio_factory.protocol import auth_mac
 
@@ -79,11 +87,78 @@ def parse_hosts(text):
             for part in text.split(',') if part.strip()]
 
 
+#: The shortest secret a token may have.
+MIN_SECRET = 16
+_TOKEN_NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_.-]{0,31}$')
+
+
+class Token(NamedTuple):
+    """One token: its name (for status and logs), secret, GPIOs (None: all) and access."""
+    name: str
+    secret: bytes
+    pins: Optional[FrozenSet[int]] = None
+    read_only: bool = False
+
+    def describe(self):
+        what = 'read-only' if self.read_only else (
+            'all GPIOs' if self.pins is None else
+            'GPIO ' + ','.join(str(g) for g in sorted(self.pins)))
+        return f'{self.name} ({what})'
+
+
+def read_tokens(path):
+    """
+    A tokens file: one token per line, ``NAME SECRET [PINS] [rw|ro]``: PINS is
+    ``all`` (the default) or a list like ``17,18,22-27``; ``ro`` makes it
+    read-only. ``#`` starts a comment. ValueError naming the line when one is
+    wrong (a secret shorter than 16 characters, two tokens of one name or one
+    secret, ...).
+    """
+    tokens, names, secrets_seen = [], set(), set()
+    with open(path, encoding='utf-8') as file:
+        for number, line in enumerate(file, 1):
+            fields = line.split('#', 1)[0].split()
+            if not fields:
+                continue
+            where = f'{path}, line {number}'
+            if len(fields) < 2 or len(fields) > 4:
+                raise ValueError(f'{where}: a line is NAME SECRET [PINS] [rw|ro]')
+            name, secret, rest = fields[0], fields[1], fields[2:]
+            if not _TOKEN_NAME.match(name):
+                raise ValueError(f'{where}: a token name is a letter then up to 31 letters, '
+                                 f'digits, _ . or -')
+            if len(secret) < MIN_SECRET:
+                raise ValueError(f'{where}: the secret of {name} must be at least '
+                                 f'{MIN_SECRET} characters long')
+            read_only, pins = False, None
+            for field in rest:
+                if field in ('ro', 'rw'):
+                    read_only = field == 'ro'
+                elif field != 'all':
+                    try:
+                        pins = frozenset(parse_pins(field))
+                    except ValueError:
+                        raise ValueError(f'{where}: {field!r} is neither "all", a GPIO list '
+                                         f'like 17,18,22-27, nor rw/ro') from None
+            if name in names or secret in secrets_seen:
+                raise ValueError(f'{where}: two tokens with the same name or secret')
+            names.add(name)
+            secrets_seen.add(secret)
+            tokens.append(Token(name, secret.encode('utf-8'), pins, read_only))
+    if not tokens:
+        raise ValueError(f'{path} holds no token')
+    return tokens
+
+
 class AccessPolicy:
     """The server's access rules; see the module docstring."""
 
-    def __init__(self, token=None, allow_hosts=None, allow_pins=None):
-        self.token = token.encode('utf-8') if isinstance(token, str) else token
+    def __init__(self, token=None, allow_hosts=None, allow_pins=None, tokens=()):
+        token = token.encode('utf-8') if isinstance(token, str) else token
+        self.tokens = list(tokens)
+        if token:
+            self.tokens.append(Token('token', token))
+        self.token = token
         if allow_hosts is not None:
             allow_hosts = [normalise_network(ipaddress.ip_network(n, strict=False))
                            for n in allow_hosts]
@@ -93,7 +168,7 @@ class AccessPolicy:
     @property
     def protected(self):
         """True when no token is set: loopback clients only."""
-        return not self.token
+        return not self.tokens
 
     def admit(self, host):
         """None if a peer at *host* may connect, else the reason it may not."""
@@ -120,12 +195,16 @@ class AccessPolicy:
         return secrets.token_hex(32)
 
     def verify(self, nonce, mac):
-        """True if *mac* answers the challenge *nonce* with our token."""
+        """The :class:`Token` whose answer to the challenge *nonce* is *mac*, or None."""
         if not isinstance(mac, str):
-            return False
-        expected = auth_mac(self.token, 'client', nonce)
-        return hmac.compare_digest(expected.encode(), mac.encode('utf-8', 'replace'))
+            return None
+        given = mac.encode('utf-8', 'replace')
+        found = None
+        for token in self.tokens:       # every one, every time: no timing tells which
+            if hmac.compare_digest(auth_mac(token.secret, 'client', nonce).encode(), given):
+                found = token
+        return found
 
-    def proof(self, client_nonce):
-        """Our answer to the client's challenge."""
-        return auth_mac(self.token, 'server', client_nonce)
+    def proof(self, client_nonce, token):
+        """Our answer to the client's challenge, with the token it proved it knows."""
+        return auth_mac(token.secret, 'server', client_nonce)

@@ -14,7 +14,7 @@ from remoteio_factory import protocol
 from remoteio_factory._version import __version__
 from remoteio_factory.transport import server_context
 from remoteio_server import backends, circuit, spi
-from remoteio_server.access import AccessPolicy, parse_hosts, parse_pins
+from remoteio_server.access import AccessPolicy, parse_hosts, parse_pins, read_tokens
 from remoteio_server.daemon import (
     DEFAULT_LEASE, DEFAULT_MAX_PENDING, MODES, ListenError, run_server)
 from remoteio_server.session import printable
@@ -154,6 +154,11 @@ def parser():
                         '(HMAC challenge-response; the secret never crosses the wire). The '
                         'environment variable REMOTEIO_TOKEN works too. Without a token the '
                         'server is in protected mode: it serves clients on this machine only')
+    p.add_argument('--tokens', default=_env('TOKENS', None), metavar='FILE',
+                   help='several named tokens, one per line: NAME SECRET [PINS] [rw|ro]; '
+                        'PINS is "all" or a list like 17,18,22-27, ro makes the token read-only '
+                        '(observe and status, never claim or drive). With --token-file too, '
+                        'that one is a full-access token named "token". See docs/security.md')
     p.add_argument('--token', default=None,
                    help='the shared secret itself (visible to every user in the process list: '
                         'prefer --token-file or REMOTEIO_TOKEN)')
@@ -228,7 +233,17 @@ def access_policy(args):
     if token is not None and len(token) < 16:
         parser().error('the token must be at least 16 characters long (e.g. from '
                        '"python3 -c \'import secrets; print(secrets.token_urlsafe())\'")')
-    return AccessPolicy(token=token, allow_hosts=hosts, allow_pins=pins)
+    tokens = []
+    if args.tokens:
+        try:
+            tokens = read_tokens(args.tokens)
+        except OSError as exc:
+            parser().error(f'cannot read --tokens {args.tokens}: {exc.strerror}')
+        except ValueError as exc:
+            parser().error(f'--tokens: {exc}')
+        if token is not None and any(t.secret == token.encode() for t in tokens):
+            parser().error('--tokens: a token there has the same secret as --token-file')
+    return AccessPolicy(token=token, allow_hosts=hosts, allow_pins=pins, tokens=tokens)
 
 
 def main(argv=None):

@@ -1131,6 +1131,7 @@ class Server:
             'clients': [
                 {'id': s.id, 'peer': s.peer, 'client': s.client, 'mode': s.mode,
                  'connected': s.connected, 'pins': sorted(s.pins),
+                 'token': s.token.name if s.token is not None else None,
                  'observing': self.registry.hub.observing(s)}
                 for s in sessions
             ],

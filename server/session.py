@@ -73,6 +73,10 @@ _CONTROL = {i: f'\\x{i:02x}' for i in range(32)}
 _CONTROL.update({9: '\\t', 10: '\\n', 13: '\\r', 127: '\\x7f'})
 
 
+def _pin_list(pins):
+    return ','.join(str(g) for g in sorted(pins)) or 'none'
+
+
 def printable(text, limit=200):
     """
     *text* (from the network) made safe for a log line: control and other
@@ -143,6 +147,7 @@ class Session:
         self.admitted = False              # hello (and auth) done: it has a handler thread
         self.got_line = False              # a complete line has arrived
         self._nonce = None
+        self.token = None                  # the access.Token it authenticated with
         self.mode = server.mode
         self.closed = False                # no more requests are taken
         self.end_reason = None             # why, if not the default of where it ended
@@ -182,7 +187,8 @@ class Session:
     def describe(self):
         """``#3 (127.0.0.1:40000 name)``, safe to log (the name is the client's)."""
         name = f' {printable(self.client)}' if self.client else ''
-        return f'#{self.id} ({self.peer}{name})'
+        token = f' token {self.token.name}' if getattr(self, 'token', None) is not None else ''
+        return f'#{self.id} ({self.peer}{name}{token})'
 
     # Sending ---------------------------------------------------------------
 
@@ -430,11 +436,27 @@ class Session:
         return pin
 
     def allowed_gpio(self, message):
-        """The request's GPIO, if the server lets clients have it."""
+        """The request's GPIO, if the server lets this client claim or drive it."""
         gpio = protocol.get_gpio(message, self.server.registry.gpios)
+        self.may_drive(gpio)
+        return gpio
+
+    def may_change(self, what):
+        """ProtocolError unless this connection's token may change pins (not read-only)."""
+        token = self.token
+        if token is not None and token.read_only:
+            raise ProtocolError('not_allowed', f'token {token.name} is read-only: it may '
+                                               f'observe and read status, not {what}')
+
+    def may_drive(self, gpio, what='claim or drive'):
+        """ProtocolError unless the server, and this connection's token, let it have *gpio*."""
+        self.may_change(what)
         if not self.server.access.allows_pin(gpio):
             raise ProtocolError('not_allowed', f'GPIO{gpio} is not in the server\'s --allow-pins list')
-        return gpio
+        token = self.token
+        if token is not None and token.pins is not None and gpio not in token.pins:
+            raise ProtocolError('not_allowed', f'token {token.name} may not {what} GPIO{gpio} '
+                                               f'(it may: {_pin_list(token.pins)})')
 
     def forward(self, id, message, op, args):
         pin = self.owned(message)
@@ -506,7 +528,8 @@ class Session:
         client_nonce = message.get('nonce')
         if not isinstance(client_nonce, str) or not 16 <= len(client_nonce) <= 256:
             raise ProtocolError('bad_request', "field 'nonce' must be a string of 16 to 256 characters")
-        if not self.server.access.verify(self._nonce, message.get('mac')):
+        token = self.server.access.verify(self._nonce, message.get('mac'))
+        if token is None:
             self.server.warn_limited('auth', 'client %s: authentication failed', self.describe())
             self.send(error_reply(id, 'auth_failed', 'wrong token'))
             self.send({'push': 'closing', 'reason': 'authentication failed: wrong token'})
@@ -514,9 +537,13 @@ class Session:
             self.closed = True
             return
         self.authenticated = True
+        self.token = token
         if not self._admit():
             return                    # refused (the server is full): told so, and closed
-        self.reply(id, proof=self.server.access.proof(client_nonce))
+        log.info('client %s authenticated with token %s', self.describe(), token.describe())
+        self.reply(id, proof=self.server.access.proof(client_nonce, token), token=token.name,
+                   read_only=token.read_only,
+                   pins=None if token.pins is None else sorted(token.pins))
 
     def on_heartbeat(self, id, message):
         # The lease: any message keeps a connection alive; this one has no other effect.
@@ -646,10 +673,12 @@ class Session:
         gpios = list(part.gpios.values())
         if part.kind == 'pot':
             gpios.append(spi.MOCK_SELECTS[part.adc])     # the ADC it sits on
+        self.may_change('set parts')
         for gpio in gpios:
-            if not self.server.access.allows_pin(gpio):
-                raise ProtocolError('not_allowed', f'{name} is on GPIO{gpio}, which is not in '
-                                                   f'the server\'s --allow-pins list')
+            try:
+                self.may_drive(gpio, 'drive')
+            except ProtocolError as exc:
+                raise ProtocolError('not_allowed', f'{name} is on GPIO{gpio}: {exc}') from None
         value = message.get('value')
         try:
             part.parse(value)

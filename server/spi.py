@@ -183,9 +183,7 @@ def _get_pins(session, message):
             raise ProtocolError('invalid_pin', f'field {role!r} must be a GPIO number')
         if value not in gpios:
             raise ProtocolError('invalid_pin', f'GPIO{value} is not a GPIO pin of this board')
-        if not session.server.access.allows_pin(value):
-            raise ProtocolError('not_allowed', f"GPIO{value} is not in the server's "
-                                               f'--allow-pins list')
+        session.may_drive(value, 'claim')
         pins[role] = value
     used = [g for g in pins.values() if g is not None]
     if len(set(used)) != len(used):
@@ -283,6 +281,7 @@ def on_set_channel(session, id, message):
     if session.server.backend != 'mock':
         raise ProtocolError('mock_only', 'set_channel works on the mock backend only: on a '
                                          'real Pi, an ADC measures the voltage at its inputs')
+    session.may_change('set an ADC channel')
     registry = session.server.registry
     select = message.get('device', MOCK_SELECTS[0])
     if select not in MOCK_DEVICES:
