@@ -149,6 +149,11 @@ def parser():
     p.add_argument('--mock-circuit', default=_env('MOCK_CIRCUIT', None), metavar='FILE',
                    help='mock backend only: wires, parts and SPI devices from a file, one per '
                         'line: "wire 17:27", "part button:4", "spi mcp3008:0"')
+    p.add_argument('--http', type=int, default=_env('HTTP', None), metavar='PORT',
+                   help='serve the browser dashboard on this port (0: a free one; default: '
+                        'off): the header live, a timeline of each pin, the clients; on the '
+                        'mock backend, controls for inputs and parts. Same access rules as '
+                        'the server (this machine only without a token)')
     p.add_argument('--token-file', default=_env('TOKEN_FILE', None), metavar='FILE',
                    help='a file holding the shared secret clients must prove they know '
                         '(HMAC challenge-response; the secret never crosses the wire). The '
@@ -320,16 +325,23 @@ def main(argv=None):
 
     def ready(server):
         # One line on stdout that tools (and the tests) wait for.
+        dashboard = ''
+        if server.dashboard is not None:
+            scheme = 'https' if server.tls is not None else 'http'
+            host = server.host if server.host not in ('0.0.0.0', '::') else 'localhost'
+            host = f'[{host}]' if ':' in host else host
+            dashboard = f' dashboard={scheme}://{host}:{server.dashboard.port}/'
         print(f'remoteio-server ready on {server.host}:{server.port} '
               f'backend={server.backend} board={server.board_info.revision} '
-              f'model={server.board_info.model} mode={server.mode}', flush=True)
+              f'model={server.board_info.model} mode={server.mode}{dashboard}', flush=True)
 
     try:
         run_server(port=args.port, mode=args.mode, host=args.host, backend=args.backend,
                    revision=args.revision, ready=ready, max_message=args.max_message,
                    max_clients=args.max_clients, max_pending=args.max_pending,
                    max_pins=args.max_pins, spares=args.spares, mock_wires=args.mock_wire,
-                   mock_parts=args.mock_part, access=access, lease=args.lease, tls=tls, restore_signals=False)
+                   mock_parts=args.mock_part, access=access,
+                   http_port=None if args.http is None else int(args.http), lease=args.lease, tls=tls, restore_signals=False)
     except ListenError as exc:
         print(f'remoteio-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}',
               file=sys.stderr)

@@ -561,7 +561,7 @@ class Server:
     def __init__(self, host='0.0.0.0', port=protocol.DEFAULT_PORT, backend='auto',
                  mode='wait', revision=None, max_message=protocol.MAX_MESSAGE,
                  max_clients=64, max_pins=64, spares=2, shutdown_timeout=10.0, mock_wires=(),
-                 mock_parts=(), access=None, lease=DEFAULT_LEASE, tls=None, max_pending=DEFAULT_MAX_PENDING):
+                 mock_parts=(), access=None, http_port=None, lease=DEFAULT_LEASE, tls=None, max_pending=DEFAULT_MAX_PENDING):
         if lease < 0:
             raise ValueError('lease must be 0 (off) or a number of seconds above 0')
         if mode not in MODES:
@@ -579,6 +579,8 @@ class Server:
         if max_clients < 1 or max_pending < 1:
             raise ValueError('max_clients and max_pending must be at least 1')
         self.mock_wires = [tuple(wire) for wire in mock_wires]
+        self.http_port = http_port       # the browser dashboard's port (None: no dashboard)
+        self.dashboard = None
         self.mock_parts = [circuit.parse_part(p) if isinstance(p, str) else p
                            for p in mock_parts]
         self.access = access or AccessPolicy()
@@ -682,6 +684,16 @@ class Server:
         self._selector.register(self._listener, selectors.EVENT_READ, self._on_acceptable)
         if self._signal_sock is not None:
             self._selector.register(self._signal_sock, selectors.EVENT_READ, self._on_signal)
+        if self.http_port is not None:
+            from remoteio_server.dashboard import Dashboard
+            try:
+                self.dashboard = Dashboard(self, self.host, self.http_port, self.tls)
+            except OSError as exc:
+                self._close_listener()
+                self._close_spawner()
+                raise ListenError(exc.errno, f'the dashboard cannot listen on port '
+                                             f'{self.http_port}: {exc.strerror}') from None
+            self.dashboard.start()
         self.spawner.start()
         self.started = time.monotonic()
         return self.port
@@ -1196,6 +1208,8 @@ class Server:
 
     def _begin_stop(self):
         self._stopping.set()
+        if self.dashboard is not None:
+            threading.Thread(target=self.dashboard.stop, daemon=True).start()
         self._stop_phase = 'pins'
         self._stop_started = time.monotonic()
         self._phase_deadline = self._stop_started + self.shutdown_timeout + KILL_GRACE + 0.5

@@ -50,6 +50,7 @@ class ServerProcess:
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **popen)
         self.stderr_lines = []
         line = self._read_ready_line()
+        self.ready_line = line.decode(errors="replace")
         match = READY.search(line)
         if not match:
             self.process.kill()

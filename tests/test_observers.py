@@ -23,9 +23,9 @@ def test_an_observer_gets_a_snapshot_then_every_change_in_order(server, factory)
     led = LED(18, pin_factory=factory)
     led.on()
     with Observation(server.host, server.port) as seen:
-        snapshot = seen.status()
-        assert any(p['gpio'] == 18 and p['state'] and p['status'] == 'claimed'
-                   for p in snapshot['pins'])
+        # (the LED's write is another connection's: in the snapshot, or pushed right after)
+        wait_for(lambda: any(p['gpio'] == 18 and p['state'] and p['status'] == 'claimed'
+                             for p in seen.status()['pins']), message='GPIO18 on')
         seen.wait_changes(0)                          # (nothing yet: start afresh)
         blinker = LED(17, pin_factory=factory)
         for _ in range(3):

@@ -309,7 +309,8 @@ def test_a_vanished_client_lets_go_of_the_wire(virtual, vf):
     """)
     button = Button(26, pull_up=False, pin_factory=vf)   # pull-down at this end
     try:
-        assert button.is_pressed                      # the other client's LED drives it high
+        # the other client's LED drives it high (its write is its own: no order with ours)
+        wait_for(lambda: button.is_pressed, message="the other client's LED")
         script.kill()
         script.wait(10)
         virtual.wait_free(19)

@@ -1,0 +1,345 @@
+"""
+The browser dashboard (``remoteio-server --http PORT``, off by default): a
+page that shows the board's header, every pin live, a timeline of each pin's
+transitions, the clients and the server; on the mock backend, controls for
+its inputs and simulated parts.
+
+Flow: browser → HTTP (the page; ``/events``, a server-sent event stream;
+``/api/...``) → **dashboard** → observer hub (:mod:`.observers`: the same
+snapshot and ``changes`` an ``observe`` connection gets) and, for the mock
+controls, the pin table (``drive``, ``part``).
+
+Served by the standard library's threading HTTP server (no dependency: the
+server stays small enough for a Pi Zero), on its own threads: the pins'
+timing never waits for it, and a browser that stops reading is one more slow
+observer (its stream is coalesced, not queued). The page is one file with
+its script and style inline: nothing from the internet.
+
+Access follows the server's rules. Without a token (protected mode) the
+dashboard answers this machine only, with full rights. With tokens, it
+answers whoever ``--allow-hosts`` lets in, serves the page (which holds no
+data) to anyone, and everything else only after a login with a token
+(``POST /api/login``; a random session cookie, HttpOnly, SameSite=Strict,
+then stands for the token): the page then gets what that token allows (a
+read-only token sees, and changes nothing). The token crosses the network at
+that login: serve the dashboard over TLS (``--tls-cert``) beyond a trusted
+LAN. The controls work on the mock backend only, with a token that may
+claim the pin (or, for a part, its pins).
+"""
+
+import json
+import logging
+import os
+import queue
+import secrets
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from remoteio_server.pintable import InternalReply
+
+log = logging.getLogger('remoteio_server.dashboard')
+
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'dashboard.html')
+#: Sessions (logged-in browsers) kept at most; the oldest goes first.
+MAX_SESSIONS = 256
+#: A stream that has had nothing to send for this long gets a comment (keeps proxies awake).
+KEEPALIVE = 15.0
+#: Largest request body accepted (bytes).
+MAX_BODY = 4096
+
+FULL_ACCESS = None      # what a browser may do on a server without tokens (this machine only)
+
+
+class Stream:
+    """One browser's event stream: a slow observer for the hub (see :mod:`.observers`)."""
+
+    def __init__(self):
+        self.channel = self              # (the hub posts to session.channel)
+        self.closed = False
+        self.queued = 0
+        self._queue = queue.Queue()
+
+    def post(self, data):
+        self.queued += len(data)
+        self._queue.put(data)
+
+    def next(self, timeout):
+        try:
+            data = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        self.queued -= len(data)
+        return data
+
+
+class Dashboard:
+    """The dashboard's HTTP server, for one remoteio :class:`~.daemon.Server`."""
+
+    def __init__(self, server, host, port, tls=None):
+        self.server = server
+        self.sessions = {}               # cookie -> access.Token
+        self._lock = threading.Lock()
+        cls = _IPv6Server if ':' in host else _Server
+        self.httpd = cls((host, port), _Handler)
+        self.httpd.dashboard = self
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self._thread = None
+
+    def start(self):
+        self._thread = threading.Thread(target=self.httpd.serve_forever,
+                                        name='remoteio-dashboard', daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # Access ----------------------------------------------------------------------
+
+    def refusal(self, peer):
+        """Why a browser at *peer* may not use the dashboard at all, or None."""
+        return self.server.access.admit(peer)
+
+    def login(self, secret):
+        """The cookie for the token whose secret this is, or None."""
+        secret = str(secret).encode('utf-8', 'replace')
+        found = None
+        for token in self.server.access.tokens:      # each compared, every time
+            if secrets.compare_digest(token.secret, secret):
+                found = token
+        if found is None:
+            return None, None
+        cookie = secrets.token_urlsafe(24)
+        with self._lock:
+            if len(self.sessions) >= MAX_SESSIONS:
+                self.sessions.pop(next(iter(self.sessions)))
+            self.sessions[cookie] = found
+        return cookie, found
+
+    def token_of(self, cookie):
+        """The token a request carries: FULL_ACCESS without tokens; False when it has none."""
+        if self.server.access.protected:
+            return FULL_ACCESS
+        with self._lock:
+            return self.sessions.get(cookie, False)
+
+    # What it serves ----------------------------------------------------------------
+
+    def info(self, token):
+        server = self.server
+        from remoteio_factory.watch import header_rows
+        header, rows = header_rows(server.board_info.revision)
+
+        def cell(info):
+            if info is None:
+                return None
+            gpio = int(info.name[4:]) if 'gpio' in info.interfaces else None
+            return {'number': info.number, 'name': info.name, 'gpio': gpio}
+        return {
+            'header': header,
+            'rows': [[cell(left), cell(right)] for left, right in rows],
+            'backend': server.backend,
+            'token': None if token is FULL_ACCESS else token.name,
+            'read_only': False if token is FULL_ACCESS else token.read_only,
+            'pins': None if token is FULL_ACCESS or token.pins is None else sorted(token.pins),
+            'controls': server.backend == 'mock' and (token is FULL_ACCESS or not token.read_only),
+            'login': not server.access.protected,
+        }
+
+    def may_change(self, token, gpios):
+        """None if *token* may drive every GPIO of *gpios*, else why not."""
+        if self.server.backend != 'mock':
+            return 'the controls work on the mock backend only'
+        if token is not FULL_ACCESS and token.read_only:
+            return f'token {token.name} is read-only'
+        for gpio in gpios:
+            if not self.server.access.allows_pin(gpio):
+                return f'GPIO{gpio} is not in the server\'s --allow-pins list'
+            if token is not FULL_ACCESS and token.pins is not None and gpio not in token.pins:
+                return f'token {token.name} may not drive GPIO{gpio}'
+        return None
+
+    def drive(self, token, body):
+        gpio, state = body.get('pin'), body.get('state')
+        if type(gpio) is not int or gpio not in self.server.registry.gpios:
+            return 400, {'error': 'pin must be a GPIO of the board'}
+        if state is not None and (type(state) is not int or state not in (0, 1)):
+            return 400, {'error': 'state must be 0, 1 or null'}
+        why = self.may_change(token, [gpio])
+        if why:
+            return 403, {'error': why}
+        reply = InternalReply()
+        self.server.registry.drive(gpio, state, reply)
+        try:
+            reply.wait(5.0)
+        except Exception as exc:
+            return 409, {'error': str(exc)}
+        return 200, {}
+
+    def part(self, token, body):
+        circuit = self.server.circuit
+        name, value = body.get('name'), body.get('value')
+        parts = circuit.parts if circuit is not None else {}
+        if name not in parts:
+            return 400, {'error': f'no simulated part named {str(name)[:40]!r}'}
+        part = parts[name]
+        gpios = list(part.gpios.values())
+        if part.kind == 'pot':
+            from remoteio_server import spi
+            gpios.append(spi.MOCK_SELECTS[part.adc])
+        why = self.may_change(token, gpios)
+        if why:
+            return 403, {'error': why}
+        try:
+            part.parse(value)
+        except (TypeError, ValueError) as exc:
+            return 400, {'error': str(exc)}
+        reply = InternalReply()
+        self.server.registry.set_part(name, value, reply)
+        reply.wait(5.0)
+        return 200, {}
+
+    def stream(self, handler, history=100):
+        """Send the snapshot, then the hub's changes, until the browser goes."""
+        hub = self.server.registry.hub
+        stream = Stream()
+        observer = hub.add(stream)
+        try:
+            status = self.server.status(history)
+            handler.wfile.write(b'event: snapshot\ndata: ' + json.dumps(status).encode() + b'\n\n')
+            handler.wfile.flush()
+            hub.started(observer)
+            while not self.server.stopping:
+                data = stream.next(KEEPALIVE)
+                if data is None:
+                    handler.wfile.write(b': keepalive\n\n')
+                else:
+                    handler.wfile.write(b'event: changes\ndata: ' + data.rstrip(b'\n') + b'\n\n')
+                handler.wfile.flush()
+        except (OSError, ValueError):
+            pass                           # the browser went away
+        finally:
+            stream.closed = True
+            hub.remove(stream)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _IPv6Server(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = 'remoteio-dashboard'
+    protocol_version = 'HTTP/1.1'
+
+    def log_message(self, format, *args):
+        log.debug('%s %s', self.client_address[0], format % args)
+
+    @property
+    def dashboard(self):
+        return self.server.dashboard
+
+    def _cookie(self):
+        for part in self.headers.get('Cookie', '').split(';'):
+            name, _, value = part.strip().partition('=')
+            if name == 'remoteio':
+                return value
+        return None
+
+    def _send(self, code, body, content_type='application/json', headers=()):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header('Content-Type', content_type)
+        self.send_header('Content-Length', str(len(data)))
+        self.send_header('Cache-Control', 'no-store')
+        self.send_header('X-Content-Type-Options', 'nosniff')
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _refused(self):
+        why = self.dashboard.refusal(self.client_address[0])
+        if why:
+            self._send(403, {'error': why})
+            return True
+        return False
+
+    def _token(self):
+        token = self.dashboard.token_of(self._cookie())
+        if token is False:
+            self._send(401, {'error': 'log in with a token first', 'login': True})
+        return token
+
+    def do_GET(self):
+        if self._refused():
+            return
+        path = self.path.split('?', 1)[0]
+        if path in ('/', '/index.html'):
+            with open(PAGE, 'rb') as page:
+                self._send(200, page.read(), 'text/html; charset=utf-8', [
+                    ('Content-Security-Policy', "default-src 'self'; script-src 'unsafe-inline'; "
+                                                "style-src 'unsafe-inline'; img-src data:")])
+            return
+        token = self._token()
+        if token is False:
+            return
+        if path == '/api/info':
+            self._send(200, self.dashboard.info(token))
+        elif path == '/events':
+            self.send_response(200)
+            self.send_header('Content-Type', 'text/event-stream')
+            self.send_header('Cache-Control', 'no-store')
+            self.send_header('Connection', 'close')
+            self.end_headers()
+            self.close_connection = True
+            self.dashboard.stream(self)
+        else:
+            self._send(404, {'error': 'no such page'})
+
+    def do_POST(self):
+        if self._refused():
+            return
+        length = int(self.headers.get('Content-Length') or 0)
+        if length > MAX_BODY or self.headers.get('Content-Type', '').split(';')[0] != \
+                'application/json':
+            self._send(400, {'error': f'a JSON body of at most {MAX_BODY} bytes'})
+            return
+        try:
+            body = json.loads(self.rfile.read(length) or b'{}')
+            if not isinstance(body, dict):
+                raise ValueError
+        except ValueError:
+            self._send(400, {'error': 'the body is not a JSON object'})
+            return
+        path = self.path.split('?', 1)[0]
+        if path == '/api/login':
+            cookie, token = self.dashboard.login(body.get('token', ''))
+            if cookie is None:
+                time.sleep(0.5)            # (a guess costs the guesser)
+                self._send(403, {'error': 'wrong token'})
+                log.warning('dashboard: a login from %s with a wrong token',
+                            self.client_address[0])
+                return
+            log.info('dashboard: %s logged in with token %s', self.client_address[0],
+                     token.describe())
+            self._send(200, {'token': token.name}, headers=[
+                ('Set-Cookie', f'remoteio={cookie}; HttpOnly; SameSite=Strict; Path=/')])
+            return
+        token = self._token()
+        if token is False:
+            return
+        if path == '/api/drive':
+            self._send(*self.dashboard.drive(token, body))
+        elif path == '/api/part':
+            self._send(*self.dashboard.part(token, body))
+        else:
+            self._send(404, {'error': 'no such request'})
+
