@@ -35,14 +35,18 @@ BAR = ' ▁▂▃▄▅▆▇█'
 def start_server():
     server = subprocess.Popen(
         [sys.executable, '-m', 'remoteio_server', '--host', '127.0.0.1', '--port', '0',
-         '--backend', 'mock', '--mock-circuit', CIRCUIT, '--log-level', 'warning'],
+         '--backend', 'mock', '--mock-circuit', CIRCUIT, '--http', '0',
+         '--log-level', 'warning'],
         stdout=subprocess.PIPE, text=True)
     line = server.stdout.readline()
     match = re.search(r'ready on (\S+):(\d+)', line)
     if not match:
         server.kill()
         sys.exit(f'the server did not start: {line!r}')
-    print(line.strip())
+    print(line.split(' dashboard=')[0].strip())
+    dashboard = re.search(r'dashboard=(\S+)', line)
+    if dashboard:
+        print(f'the dashboard, live in a browser on this machine: {dashboard.group(1)}')
     return server, int(match.group(2))
 
 
