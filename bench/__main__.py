@@ -77,6 +77,16 @@ is between numbers of the same placement. Affinities are restored afterwards.
     (the clients on the client CPU): aggregate reads/s (target ≥ 0.7× the
     reference server's) and the p99 of the reads' round trips.
 
+**The dashboard:**
+
+12. ``dashboard``: ``on(time_ms=100)`` on GPIO 2..27 at once, 5 rounds per
+    repetition (3 with --quick), 3 repetitions with the dashboard's event
+    stream (``--http``: what a browser with the page open reads, all the
+    transitions of those 26 pins) open and read, interleaved with 3 without:
+    the p99 |error| with the page open against the same without (target: no
+    regression, ≤ 1.25× within the noise of one run), and the updates the
+    stream got.
+
 Between phases the run waits until our server is back to its spare workers.
 
 It prints a table (figure, value and range, baseline and range, ratio, echo,
@@ -124,7 +134,7 @@ SETTLE_TIMEOUT = harness.SETTLE_TIMEOUT
 HELPER_LIFETIME = 1800
 #: What ``--only`` can select, in the order they run.
 PHASES = ('round_trips', 'seed_api', 'pipelined', 'claimed', 'tasks_1_pin', 'tasks_26_pins',
-          'pulse', 'events', 'spi', 'load', 'read_load')
+          'pulse', 'events', 'spi', 'load', 'read_load', 'dashboard')
 
 
 class Run:
@@ -244,6 +254,71 @@ def measure_26_pins(run, servers):
         remote.close()
 
 
+class EventStream:
+    """The dashboard's event stream, read on a thread as a browser would; counts the updates."""
+
+    def __init__(self, url):
+        import threading
+        import urllib.request
+        self.updates = 0
+        self._response = urllib.request.urlopen(url + 'events', timeout=30)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        try:
+            for line in self._response:
+                if line.startswith(b'event: changes'):
+                    self.updates += 1
+        except (OSError, ValueError):
+            pass
+
+    def close(self):
+        self._response.close()
+
+
+def measure_dashboard(run, servers):
+    """Phase 12: the timing of 26 pins with the dashboard open and updating, and without."""
+    import statistics
+    server = servers.ours
+    url = server.ready_line.split('dashboard=')[1].split()[0]
+    remote = RemoteServer(harness.HOST, server.port)
+    rounds = 3 if run.plan.name == 'quick' else 5
+    p99 = {True: [], False: []}
+    updates = []
+    try:
+        pins = claim_task_pins(run, server, remote, TASK_GPIOS, 'dashboard')
+        for _ in range(3):
+            for opened in (False, True):
+                stream = EventStream(url) if opened else None
+                try:
+                    _, details = figures.measure_on_tasks(
+                        remote, pins, rounds, run.plan.loop_seconds, 'dashboard', 'dashboard')
+                finally:
+                    if stream is not None:
+                        updates.append(stream.updates)
+                        stream.close()
+                p99[opened].append(details['error_ms']['p99_abs'])
+    finally:
+        remote.close()
+
+    def summary(values):
+        return statistics.median(values), min(values), max(values)
+    value, low, high = summary(p99[True])
+    base, base_low, base_high = summary(p99[False])
+    rows = [
+        Figure('dashboard_on26_p99_ms', f'on(time_ms=100) p99 |error|, {len(TASK_GPIOS)} pins, '
+                                        f'dashboard open', value, 'ms', baseline=base,
+               baseline_name='dashboard closed', low=low, high=high, baseline_low=base_low,
+               baseline_high=base_high, target=figures.Target(1.25, on_ratio=True), repeats=3),
+        Figure('dashboard_updates', 'dashboard stream: updates received per repetition',
+               statistics.median(updates), 'count', low=min(updates), high=max(updates),
+               target=figures.Target(1, at_most=False)),
+    ]
+    return rows, {'p99_ms_open': p99[True], 'p99_ms_closed': p99[False], 'updates': updates,
+                  'rounds': rounds}
+
+
 def measure_pulse(run, servers):
     """Phase 7."""
     factory = RemoteIOFactory(harness.HOST, servers.ours.port)
@@ -284,6 +359,7 @@ def phase_table(run, results_dir):
         ('load', lambda s: measure_load(run, s, results_dir)),
         ('read_load', compared('read_load', lambda s: compare.measure_read_load(
             s, plan, results_dir / 'read_clients.log'))),
+        ('dashboard', lambda s: run.measure('dashboard', lambda: measure_dashboard(run, s))),
     )
 
 
@@ -317,7 +393,8 @@ def measure_all(run, results_dir):
         reference = harness.start_reference_server(HELPER_LIFETIME,
                                                    results_dir / 'reference.log')
         server = harness.start_server(results_dir / 'server.log',
-                                      ['--spares', str(SPARES), '--mock-spi', 'mcp3008:0'],
+                                      ['--spares', str(SPARES), '--mock-spi', 'mcp3008:0',
+                                       '--http', '0'],
                                       mock_wires=[EVENT_WIRE])
         run.details['server'] = {
             'ready_line': server.ready_line,
