@@ -48,6 +48,10 @@ MAX_SESSIONS = 256
 KEEPALIVE = 15.0
 #: Largest request body accepted (bytes).
 MAX_BODY = 4096
+#: Connections served at once (each has a thread); more are closed at once.
+MAX_CONNECTIONS = 32
+#: Seconds a connection may take to send its request (and a stream to take a write).
+REQUEST_TIMEOUT = 5.0
 
 FULL_ACCESS = None      # what a browser may do on a server without tokens (this machine only)
 
@@ -228,7 +232,30 @@ class Dashboard:
 
 
 class _Server(ThreadingHTTPServer):
+    """Threads for at most MAX_CONNECTIONS connections: a flood costs a refusal each, no thread."""
     daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            log.debug('dashboard: %s refused: %d connections already', client_address[0],
+                      MAX_CONNECTIONS)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _IPv6Server(_Server):
@@ -238,6 +265,7 @@ class _IPv6Server(_Server):
 class _Handler(BaseHTTPRequestHandler):
     server_version = 'remoteio-dashboard'
     protocol_version = 'HTTP/1.1'
+    timeout = REQUEST_TIMEOUT          # a connection that sends nothing is closed
 
     def log_message(self, format, *args):
         log.debug('%s %s', self.client_address[0], format % args)

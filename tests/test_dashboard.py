@@ -176,3 +176,32 @@ def test_without_a_token_only_this_machine_is_served(netns):
                                        for line in lines), result.stdout + result.stderr
     finally:
         proc.stop()
+
+
+def test_a_flood_of_idle_connections_costs_a_few_seconds_at_most(board):
+    """Idle connections hold a slot for the request timeout at most; the server serves on."""
+    import socket
+    import urllib.request
+    def threads():
+        return len(os.listdir(f'/proc/{board.pid}/task'))
+    before = threads()
+    socks = [socket.create_connection(('127.0.0.1', int(board.dashboard.rsplit(':', 1)[1]
+                                                             .strip('/'))), timeout=10)
+             for _ in range(100)]
+    try:
+        started = time.monotonic()
+        wait_for(lambda: threads() >= before + 20, timeout=5, message='threads for the idle ones')
+        assert threads() <= before + 32 + 2             # one per connection served, bounded
+
+        def served():
+            try:
+                with urllib.request.urlopen(board.dashboard + 'api/info', timeout=2) as reply:
+                    return reply.status == 200
+            except OSError:
+                return False
+        wait_for(served, timeout=15, interval=0.2, message='the dashboard to serve again')
+        assert time.monotonic() - started < 8
+        assert board.alive()
+    finally:
+        for sock in socks:
+            sock.close()
