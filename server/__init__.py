@@ -7,7 +7,8 @@ Flow: client → wire → **server** (:mod:`.daemon`, :mod:`.session`) →
 :mod:`.spawner`) → gpiozero pin of the local backend (:mod:`.backends`). On the mock backend the
 virtual Pi's wires and parts (:mod:`.circuit`, :mod:`.parts`) sit beside the pin
 table and send the wired inputs their signals (:mod:`.signals`,
-:mod:`.virtualpin`).
+:mod:`.virtualpin`). Observers (:mod:`.observers`) follow every pin's changes;
+the browser dashboard (:mod:`.dashboard`, ``--http``) is one of them.
 
 Run it with the ``remoteio-server`` command, or from Python::
 

@@ -68,12 +68,22 @@ class Signal(NamedTuple):
         if self.wave is not None:
             frequency, duty = self.wave
             return int(math.fmod(max(0.0, now - self.t) * frequency, 1.0) < duty)
-        level = self.level
-        for t, step in self.steps:
+        return self._step_at(now)[1]
+
+    def _step_at(self, now):
+        """(when, level) of the last change at or before *now* (a level or steps)."""
+        step = (self.t, self.level)
+        for t, level in self.steps:
             if t > now:
                 break
-            level = step
-        return level
+            step = (t, level)
+        return step
+
+    def _cycle(self, now):
+        """A wave's (period, start of the cycle *now* is in, how far into it)."""
+        period = 1.0 / self.wave[0]
+        phase = math.fmod(max(0.0, now - self.t), period)
+        return period, now - phase, phase
 
     def changes(self, after, until, limit=64):
         """
@@ -107,11 +117,8 @@ class Signal(NamedTuple):
         if self.wave is not None:
             if not edges or self.wave[0] > WAVE_EDGE_LIMIT:
                 return None
-            frequency, duty = self.wave
-            period = 1.0 / frequency
-            phase = math.fmod(max(0.0, after - self.t), period)
-            base = after - phase
-            fall = base + duty * period
+            period, base, _ = self._cycle(after)
+            fall = base + self.wave[1] * period
             return fall if fall > after else base + period
         for t, _ in self.steps:
             if t > after:
@@ -121,17 +128,10 @@ class Signal(NamedTuple):
     def began(self, now):
         """When the level seen at *now* began (the stamp of its edge)."""
         if self.wave is not None:
-            frequency, duty = self.wave
-            period = 1.0 / frequency
-            phase = math.fmod(max(0.0, now - self.t), period)
-            base = now - phase
-            return base + duty * period if phase >= duty * period else base
-        began = self.t
-        for t, _ in self.steps:
-            if t > now:
-                break
-            began = t
-        return began
+            period, base, phase = self._cycle(now)
+            high = self.wave[1] * period
+            return base + high if phase >= high else base
+        return self._step_at(now)[0]
 
     def describe(self):
         """A short text for status and logs."""
