@@ -117,19 +117,21 @@ def read_tokens(path):
     tokens, names, secrets_seen = [], set(), set()
     with open(path, encoding='utf-8') as file:
         for number, line in enumerate(file, 1):
-            fields = line.split('#', 1)[0].split()
+            # (a comment is a whole line: a secret may hold a #)
+            fields = [] if line.lstrip().startswith('#') else line.split()
             if not fields:
                 continue
             where = f'{path}, line {number}'
             if len(fields) < 2 or len(fields) > 4:
                 raise ValueError(f'{where}: a line is NAME SECRET [PINS] [rw|ro]')
             name, secret, rest = fields[0], fields[1], fields[2:]
+            # (no error names what it read: a line missing its name would print a secret)
             if not _TOKEN_NAME.match(name):
                 raise ValueError(f'{where}: a token name is a letter then up to 31 letters, '
                                  f'digits, _ . or -')
             if len(secret) < MIN_SECRET:
-                raise ValueError(f'{where}: the secret of {name} must be at least '
-                                 f'{MIN_SECRET} characters long')
+                raise ValueError(f'{where}: the secret must be at least {MIN_SECRET} '
+                                 f'characters long (is the name missing?)')
             read_only, pins = False, None
             for field in rest:
                 if field in ('ro', 'rw'):
@@ -138,8 +140,9 @@ def read_tokens(path):
                     try:
                         pins = frozenset(parse_pins(field))
                     except ValueError:
-                        raise ValueError(f'{where}: {field!r} is neither "all", a GPIO list '
-                                         f'like 17,18,22-27, nor rw/ro') from None
+                        raise ValueError(f'{where}: field {rest.index(field) + 3} is neither '
+                                         f'"all", a GPIO list like 17,18,22-27, nor rw/ro') \
+                            from None
             if name in names or secret in secrets_seen:
                 raise ValueError(f'{where}: two tokens with the same name or secret')
             names.add(name)

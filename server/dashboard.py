@@ -49,8 +49,11 @@ KEEPALIVE = 15.0
 #: Largest request body accepted (bytes).
 MAX_BODY = 4096
 #: Connections served at once (each has a thread); more are closed at once.
-MAX_CONNECTIONS = 32
-#: Seconds a connection may take to send its request (and a stream to take a write).
+MAX_CONNECTIONS = 100
+#: Event streams (open pages) at once, of those: the rest stay for requests.
+MAX_STREAMS = 64
+#: Seconds a connection may take to send its whole request (TLS handshake included), and
+#: a stream to take one write.
 REQUEST_TIMEOUT = 5.0
 
 FULL_ACCESS = None      # what a browser may do on a server without tokens (this machine only)
@@ -64,9 +67,11 @@ class Stream:
         self.closed = False
         self.queued = 0
         self._queue = queue.Queue()
+        self._lock = threading.Lock()
 
     def post(self, data):
-        self.queued += len(data)
+        with self._lock:
+            self.queued += len(data)
         self._queue.put(data)
 
     def next(self, timeout):
@@ -74,7 +79,8 @@ class Stream:
             data = self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
-        self.queued -= len(data)
+        with self._lock:
+            self.queued -= len(data)
         return data
 
 
@@ -88,8 +94,11 @@ class Dashboard:
         cls = _IPv6Server if ':' in host else _Server
         self.httpd = cls((host, port), _Handler)
         self.httpd.dashboard = self
-        if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        # (the handshake is done by each connection's thread, within its deadline: a TLS
+        # listening socket would do it in accept(), where one silent peer stalls everyone)
+        self.httpd.tls = tls
+        self.tls = tls is not None
+        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
         self.port = self.httpd.server_address[1]
         self._thread = None
 
@@ -104,9 +113,27 @@ class Dashboard:
 
     # Access ----------------------------------------------------------------------
 
-    def refusal(self, peer):
-        """Why a browser at *peer* may not use the dashboard at all, or None."""
-        return self.server.access.admit(peer)
+    def refusal(self, peer, host_header=None, origin=None):
+        """
+        Why a browser at *peer* may not use the dashboard at all, or None. In
+        protected mode (no token: full rights for this machine) the page must
+        also be asked for by a loopback name: a page of another site whose name
+        a browser on this machine was made to resolve to 127.0.0.1 (DNS
+        rebinding) is refused, as is a request whose Origin is another site.
+        """
+        why = self.server.access.admit(peer)
+        if why or not self.server.access.protected:
+            return why
+        for value in (host_header, origin):
+            if value is None:
+                continue
+            name = value.split('://', 1)[-1].rsplit(':', 1)[0] if not value.endswith(']') \
+                else value.split('://', 1)[-1]
+            name = name.strip('[]').lower()
+            if name not in ('localhost', '127.0.0.1', '::1') and not name.startswith('127.'):
+                return (f'protected mode: open the dashboard as http://127.0.0.1:{self.port}/ '
+                        f'or http://localhost:{self.port}/ (not as {value[:60]!r})')
+        return None
 
     def login(self, secret):
         """The cookie for the token whose secret this is, or None."""
@@ -120,7 +147,10 @@ class Dashboard:
         cookie = secrets.token_urlsafe(24)
         with self._lock:
             if len(self.sessions) >= MAX_SESSIONS:
-                self.sessions.pop(next(iter(self.sessions)))
+                # the oldest of this token's own, if it has any: logging in again and again
+                # must not log out the other tokens' pages
+                mine = [c for c, t in self.sessions.items() if t is found]
+                self.sessions.pop(mine[0] if mine else next(iter(self.sessions)))
             self.sessions[cookie] = found
         return cookie, found
 
@@ -212,6 +242,7 @@ class Dashboard:
         hub = self.server.registry.hub
         stream = Stream()
         observer = hub.add(stream)
+        handler.request.settimeout(REQUEST_TIMEOUT)     # a browser that stops reading: ended
         try:
             status = self.server.status(history)
             handler.wfile.write(b'event: snapshot\ndata: ' + json.dumps(status).encode() + b'\n\n')
@@ -231,6 +262,37 @@ class Dashboard:
             hub.remove(stream)
 
 
+class _Deadlines:
+    """One thread that shuts down the connections whose request is not in by its deadline."""
+
+    def __init__(self):
+        self._due = {}                   # id(handler) -> (deadline, socket)
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, name='remoteio-dashboard-deadlines',
+                         daemon=True).start()
+
+    def add(self, key, sock):
+        with self._lock:
+            self._due[key] = (time.monotonic() + REQUEST_TIMEOUT, sock)
+
+    def remove(self, key):
+        with self._lock:
+            self._due.pop(key, None)
+
+    def _run(self):
+        while True:
+            time.sleep(0.25)
+            now = time.monotonic()
+            with self._lock:
+                late = [k for k, (when, _) in self._due.items() if when <= now]
+                socks = [self._due.pop(k)[1] for k in late]
+            for sock in socks:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
 class _Server(ThreadingHTTPServer):
     """Threads for at most MAX_CONNECTIONS connections: a flood costs a refusal each, no thread."""
     daemon_threads = True
@@ -238,6 +300,19 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.deadlines = _Deadlines()
+
+    tls = None
+
+    def get_request(self):
+        request, address = self.socket.accept()
+        if self.tls is not None:
+            request = self.tls.wrap_socket(request, server_side=True,
+                                           do_handshake_on_connect=False)
+        return request, address
+
+    def handle_error(self, request, client_address):
+        log.debug('dashboard: a connection from %s failed', client_address[0], exc_info=True)
 
     def process_request(self, request, client_address):
         if not self._slots.acquire(blocking=False):
@@ -267,6 +342,44 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     timeout = REQUEST_TIMEOUT          # a connection that sends nothing is closed
 
+    def setup(self):
+        # One deadline for the whole request (a peer sending a byte a second must not
+        # hold a connection): past it, the socket is shut down under the reader.
+        self.server.deadlines.add(id(self), self.request)
+        self.request.settimeout(REQUEST_TIMEOUT)
+        if hasattr(self.request, 'do_handshake'):
+            self.request.do_handshake()
+        super().setup()
+
+    @property
+    def _parsed(self):
+        return False
+
+    @_parsed.setter
+    def _parsed(self, done):
+        if done:                           # the request is in: its deadline is over
+            self.server.deadlines.remove(id(self))
+
+    def finish(self):
+        self.server.deadlines.remove(id(self))
+        super().finish()
+
+    def handle(self):
+        # A peer that may not use the dashboard is refused before its request is read.
+        why = self.dashboard.server.access.admit(self.client_address[0])
+        if why:
+            self._parsed = True
+            self.close_connection = True
+            try:
+                body = json.dumps({'error': why}).encode()
+                self.wfile.write(b'HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n'
+                                 b'Connection: close\r\nContent-Length: ' +
+                                 str(len(body)).encode() + b'\r\n\r\n' + body)
+            except OSError:
+                pass
+            return
+        self.handle_one_request()      # one request per connection (no keep-alive)
+
     def log_message(self, format, *args):
         log.debug('%s %s', self.client_address[0], format % args)
 
@@ -288,13 +401,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header('Content-Length', str(len(data)))
         self.send_header('Cache-Control', 'no-store')
         self.send_header('X-Content-Type-Options', 'nosniff')
+        self.send_header('Connection', 'close')
         for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
     def _refused(self):
-        why = self.dashboard.refusal(self.client_address[0])
+        self.close_connection = True
+        why = self.dashboard.refusal(self.client_address[0], self.headers.get('Host'),
+                                     self.headers.get('Origin'))
         if why:
             self._send(403, {'error': why})
             return True
@@ -307,6 +423,7 @@ class _Handler(BaseHTTPRequestHandler):
         return token
 
     def do_GET(self):
+        self._parsed = True                # (the request is read: the deadline is over)
         if self._refused():
             return
         path = self.path.split('?', 1)[0]
@@ -322,26 +439,36 @@ class _Handler(BaseHTTPRequestHandler):
         if path == '/api/info':
             self._send(200, self.dashboard.info(token))
         elif path == '/events':
-            self.send_response(200)
-            self.send_header('Content-Type', 'text/event-stream')
-            self.send_header('Cache-Control', 'no-store')
-            self.send_header('Connection', 'close')
-            self.end_headers()
-            self.close_connection = True
-            self.dashboard.stream(self)
+            if not self.dashboard.streams.acquire(blocking=False):
+                self._send(503, {'error': f'{MAX_STREAMS} pages are open already'})
+                return
+            try:
+                self.send_response(200)
+                self.send_header('Content-Type', 'text/event-stream')
+                self.send_header('Cache-Control', 'no-store')
+                self.send_header('Connection', 'close')
+                self.end_headers()
+                self.dashboard.stream(self)
+            finally:
+                self.dashboard.streams.release()
         else:
             self._send(404, {'error': 'no such page'})
 
     def do_POST(self):
         if self._refused():
             return
-        length = int(self.headers.get('Content-Length') or 0)
-        if length > MAX_BODY or self.headers.get('Content-Type', '').split(';')[0] != \
-                'application/json':
+        try:
+            length = int(self.headers.get('Content-Length') or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY or self.headers.get('Content-Type', '').split(';')[0] \
+                != 'application/json':
             self._send(400, {'error': f'a JSON body of at most {MAX_BODY} bytes'})
             return
         try:
-            body = json.loads(self.rfile.read(length) or b'{}')
+            raw = self.rfile.read(length)
+            self._parsed = True            # (the request is read: the deadline is over)
+            body = json.loads(raw or b'{}')
             if not isinstance(body, dict):
                 raise ValueError
         except ValueError:
@@ -353,13 +480,15 @@ class _Handler(BaseHTTPRequestHandler):
             if cookie is None:
                 time.sleep(0.5)            # (a guess costs the guesser)
                 self._send(403, {'error': 'wrong token'})
-                log.warning('dashboard: a login from %s with a wrong token',
-                            self.client_address[0])
+                self.dashboard.server.warn_limited(
+                    'dashboard-login', 'dashboard: a login from %s with a wrong token',
+                    self.client_address[0])
                 return
             log.info('dashboard: %s logged in with token %s', self.client_address[0],
                      token.describe())
+            secure = '; Secure' if self.dashboard.tls else ''
             self._send(200, {'token': token.name}, headers=[
-                ('Set-Cookie', f'remoteio={cookie}; HttpOnly; SameSite=Strict; Path=/')])
+                ('Set-Cookie', f'remoteio={cookie}; HttpOnly; SameSite=Strict; Path=/{secure}')])
             return
         token = self._token()
         if token is False:

@@ -575,11 +575,14 @@ class Registry:
             with pin._lock:
                 if pin.status is PinStatus.GONE:       # the worker ended as it answered
                     raise ProtocolError('worker_died', f'the worker of GPIO{gpio} ended')
+                # For observers, before anything else can reach the pin (a drive, a signal,
+                # its owner's requests: all wait for CLAIMED), so no change of it that the
+                # worker reports can be overtaken by this older state.
+                self.hub.event(gpio, owner=session.id, status='claimed', **{
+                    k: state.get(k) for k in ('function', 'state', 'frequency', 'pull')})
                 pin.status = PinStatus.CLAIMED
             if self.hub.active != observed:    # observers came or went while it was claimed
                 pin.forward(Op.OBSERVE, {'on': self.hub.active}, Ignored())
-            self.hub.event(gpio, owner=session.id, status='claimed', **{
-                k: state.get(k) for k in ('function', 'state', 'frequency', 'pull')})
             if on_circuit:
                 # a change of the net while it was being claimed (send_signals skipped it)
                 version, net_signal = self.circuit.signal_of(gpio)

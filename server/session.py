@@ -707,7 +707,11 @@ class Session:
         except (OSError, AttributeError):
             pass
         observer = hub.add(self)          # first: nothing between the snapshot and the pushes
-        reply = self.server.status_reply(id, history, self)
+        try:
+            reply = self.server.status_reply(id, history, self)
+        except BaseException:
+            hub.remove(self)
+            raise
         if reply is None:
             hub.remove(self)
             return
@@ -728,7 +732,9 @@ class Session:
         self._ended = True
         reason = self.end_reason or reason
         self.closed = True
-        self.server.registry.hub.remove(self)
+        hub = self.server.registry.hub
+        if hub.observing(self):          # (most connections never observe: no lock for them)
+            hub.remove(self)
         for pin in list(self.pins.values()):
             pin.release()
         self.server.session_ended(self, reason)

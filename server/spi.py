@@ -288,6 +288,7 @@ def on_set_channel(session, id, message):
         known = ', '.join(f'GPIO{s} ({k})' for s, k in sorted(MOCK_DEVICES.items())) or 'none'
         raise ProtocolError('bad_request', f'no mock SPI device on select GPIO{select!r:.10}; '
                                            f'this server has: {known} (--mock-spi)')
+    session.may_drive(select, 'set a channel of the ADC on')   # (its select GPIO: its bus)
     channel = message.get('channel')
     bits, channels = MOCK_KINDS[MOCK_DEVICES[select]]
     if type(channel) is not int or not 0 <= channel < channels:

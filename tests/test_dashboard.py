@@ -187,11 +187,12 @@ def test_a_flood_of_idle_connections_costs_a_few_seconds_at_most(board):
     before = threads()
     socks = [socket.create_connection(('127.0.0.1', int(board.dashboard.rsplit(':', 1)[1]
                                                              .strip('/'))), timeout=10)
-             for _ in range(100)]
+             for _ in range(150)]
     try:
         started = time.monotonic()
         wait_for(lambda: threads() >= before + 20, timeout=5, message='threads for the idle ones')
-        assert threads() <= before + 32 + 2             # one per connection served, bounded
+        from remoteio_server.dashboard import MAX_CONNECTIONS
+        assert threads() <= before + MAX_CONNECTIONS + 2   # one per connection served, bounded
 
         def served():
             try:
@@ -205,3 +206,93 @@ def test_a_flood_of_idle_connections_costs_a_few_seconds_at_most(board):
     finally:
         for sock in socks:
             sock.close()
+
+
+# Hostile peers (no browser needed) ---------------------------------------------------------
+
+def raw_request(url, data, timeout=10):
+    """Send *data* (bytes) to the dashboard at *url*; the reply's bytes (b'' if closed)."""
+    import socket
+    port = int(url.rsplit(':', 1)[1].strip('/'))
+    with socket.create_connection(('127.0.0.1', port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except OSError:
+            pass
+        return b''.join(chunks)
+
+
+def test_a_trickling_request_is_cut_off_at_its_deadline(board):
+    """One header byte a second: the connection is ended after the 5 s deadline, not held."""
+    import socket
+    port = int(board.dashboard.rsplit(':', 1)[1].strip('/'))
+    sock = socket.create_connection(('127.0.0.1', port), timeout=20)
+    try:
+        started = time.monotonic()
+        sock.sendall(b'GET /api/info HTTP/1.1\r\n')
+        closed = False
+        for _ in range(20):
+            try:
+                sock.sendall(b'X')
+                if sock.recv(1, socket.MSG_DONTWAIT) == b'':
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+                break
+            time.sleep(1)                              # (the trickle itself)
+        assert closed and time.monotonic() - started < 8
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize('length', [b'-1', b'abc', b'100000'])
+def test_a_bad_content_length_is_refused_without_reading(board, length):
+    reply = raw_request(board.dashboard, b'POST /api/drive HTTP/1.1\r\nHost: 127.0.0.1\r\n'
+                        b'Content-Type: application/json\r\nContent-Length: ' + length +
+                        b'\r\n\r\n' + b'x' * 1000)
+    assert reply.startswith(b'HTTP/1.1 400'), reply[:100]
+    assert board.alive()
+
+
+def test_protected_mode_refuses_other_host_names(board):
+    """DNS rebinding: a page of another site resolved to 127.0.0.1 must not get in."""
+    for headers in (b'Host: attacker.example\r\n', b'Host: 127.0.0.1\r\nOrigin: http://evil.test\r\n'):
+        reply = raw_request(board.dashboard, b'GET /api/info HTTP/1.1\r\n' + headers + b'\r\n')
+        assert reply.startswith(b'HTTP/1.1 403') and b'protected mode' in reply, reply[:200]
+    reply = raw_request(board.dashboard, b'GET /api/info HTTP/1.1\r\nHost: localhost:1\r\n\r\n')
+    assert reply.startswith(b'HTTP/1.1 200'), reply[:100]
+
+
+def test_with_tls_a_silent_peer_does_not_stall_the_dashboard(tmp_path):
+    import socket
+    import ssl
+    import subprocess
+    from test_security import make_certificate
+    try:
+        cert, key = make_certificate(tmp_path, 'server')
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f'openssl cannot make test certificates here: {exc}')
+    proc = ServerProcess('--http', '0', '--tls-cert', str(cert), '--tls-key', str(key))
+    url = proc.ready_line.split('dashboard=')[1].split()[0]
+    port = int(url.rsplit(':', 1)[1].strip('/'))
+    silent = socket.create_connection(('127.0.0.1', port))     # no handshake, ever
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        started = time.monotonic()
+        with socket.create_connection(('127.0.0.1', port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname='localhost') as tls:
+                tls.sendall(b'GET /api/info HTTP/1.1\r\nHost: localhost\r\n\r\n')
+                assert tls.recv(12) == b'HTTP/1.1 200'
+        assert time.monotonic() - started < 2
+    finally:
+        silent.close()
+        proc.stop()

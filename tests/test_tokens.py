@@ -121,9 +121,47 @@ def test_names_show_in_status_and_logs_secrets_never(classroom):
         assert value.replace(' ', '_') not in logs and value.replace(' ', '_') not in text
 
 
+def test_a_pin_scoped_token_cannot_set_another_groups_adc(tmp_path):
+    path = tmp_path / 'tokens'
+    path.write_text('group1 first_group_of_the_class_table_1 17\n'
+                    'group2 second_group_of_the_class_table_2 7-11\n')
+    proc = ServerProcess('--tokens', str(path), '--mock-spi', 'mcp3008:0')
+    try:
+        one = Connection(proc.host, proc.port, token='first_group_of_the_class_table_1')
+        two = Connection(proc.host, proc.port, token='second_group_of_the_class_table_2')
+        try:
+            with pytest.raises(PinInvalidPin, match='token group1 may not set a channel'):
+                one.request('set_channel', device=8, channel=0, value=0.9)
+            two.request('set_channel', device=8, channel=0, value=0.5)
+        finally:
+            one.close()
+            two.close()
+    finally:
+        proc.stop()
+
+
+def test_a_hash_inside_a_secret_is_part_of_it(tmp_path):
+    path = tmp_path / 'tokens'
+    path.write_text('# a comment line\n'
+                    'group1 0123456789abcdef#Jd0c2lrY2xh 17\n')
+    proc = ServerProcess('--tokens', str(path))
+    try:
+        with pytest.raises(RemoteIOAuthError):
+            proc.factory(token='0123456789abcdef')          # (not the secret: it has more)
+        factory = proc.factory(token='0123456789abcdef#Jd0c2lrY2xh')
+        try:
+            with pytest.raises(PinInvalidPin, match='may not'):
+                LED(18, pin_factory=factory)                 # the pins field still counts
+        finally:
+            factory.close()
+    finally:
+        proc.stop()
+
+
 @pytest.mark.parametrize('content, message', [
     ('alice short rw\n', 'at least 16 characters'),
-    ('alice a_secret_long_enough_here 17,x\n', 'neither "all"'),
+    ('b3Jd0c2lrY2xhc3Nyb29tMQ 17,18 rw\n', 'is the name missing'),
+    ('alice a_secret_long_enough_here 17,x\n', 'field 3 is neither "all"'),
     ('alice a_secret_long_enough_here\nalice another_secret_long_enough\n', 'same name'),
     ('1alice a_secret_long_enough_here\n', 'token name'),
     ('# nothing but a comment\n', 'holds no token'),
@@ -135,3 +173,4 @@ def test_a_bad_tokens_file_stops_the_server_with_what_is_wrong(tmp_path, content
                              '--port', '0', '--backend', 'mock', '--tokens', str(path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert 'b3Jd0c2lrY2xhc3Nyb29tMQ' not in result.stderr      # a secret is never printed
