@@ -81,6 +81,9 @@ SETTLED_BOUNCE = frozenset({'mock', 'lgpio', 'pigpio'})
 #: both modes, and neither wait for the running task nor end it.
 CONFIG_OPS = frozenset({'frequency', 'pull', 'edges', 'subscribe'})
 EDGE_LEVELS = {'both': (0, 1), 'rising': (1,), 'falling': (0,), 'none': ()}
+#: Edges of a wired input's signal a worker that woke late plays at once, each with its own
+#: stamp (64: 160 ms late at the 200 Hz limit); later than that it jumps to the level now.
+WAVE_CATCH_UP = 64
 
 
 def pack(message):
@@ -284,9 +287,9 @@ class PinWorker:
         if signal is None or pin.function != 'input':
             self.signal_due = None
             return
-        for t, level in signal.changes(self._signal_after, now, limit=8):
+        for t, level in signal.changes(self._signal_after, now, limit=WAVE_CATCH_UP):
             pin.drive_at(level, t)
-        level = signal.at(now)                   # (late by more than 8 edges: catch up)
+        level = signal.at(now)                   # (late by more than that: catch up)
         if level is not None and level != int(bool(pin._state)):
             pin.drive_at(level, signal.began(now))
         self._signal_after = now
