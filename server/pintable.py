@@ -745,9 +745,17 @@ class Registry:
                 info = reply.wait(2.0)
             except (ProtocolError, TimeoutError) as exc:
                 if pin.status is PinStatus.GONE:      # released meanwhile: report it as freed
-                    pin.freed_event.wait(2.0)
-                    with self._lock:
-                        released = dict(self._released)
+                    if pin.freed_event.wait(2.0):
+                        with self._lock:
+                            released = dict(self._released)
+                        continue
+                    # its worker has ended but is still being reaped (a loaded machine):
+                    # still the owner's, on its way out, rather than missing from the list
+                    info = {'function': None, 'state': None, 'frequency': None, 'pull': None,
+                            'history': [], 'error': str(exc)}
+                    for gpio, entry in pin.entries(info).items():
+                        pins[gpio] = dict(entry, gpio=gpio, owner=pin.owner.id,
+                                          status=PinStatus.RELEASING)
                     continue
                 info = {'error': str(exc)}
             for gpio, entry in pin.entries(info).items():
