@@ -905,7 +905,7 @@ def _main(conn, backend, revision, auto):
     conn.send_bytes(encode(Ready(os.getpid())))
     try:
         raw = conn.recv_bytes()
-    except EOFError:
+    except (EOFError, OSError):      # the server went away (at shutdown: reset) before a claim
         raw = None
     seq, op, args, _ = decode_request(raw) if raw is not None else (0, None, {}, None)
     if op == Op.SPI_CLAIM:              # an SPI bus, not a pin (remoteio_server.spi)

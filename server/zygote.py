@@ -116,7 +116,10 @@ def serve(control):
         if pid == 0:
             _child(control, target, args, fd)
         os.close(fd)
-        control.sendall(json.dumps({'pid': pid}).encode() + b'\n')
+        try:
+            control.sendall(json.dumps({'pid': pid}).encode() + b'\n')
+        except OSError:
+            return                   # the server has gone (shutting down): so do we
 
 
 def main():
