@@ -192,6 +192,23 @@ class AccessPolicy:
     def allows_pin(self, gpio):
         return self.allow_pins is None or gpio in self.allow_pins
 
+    def refusal(self, token, gpio=None, what='claim or drive'):
+        """
+        Why a client with *token* (None: a server without tokens) may not *what*
+        *gpio* (None: change pins at all), or None. The protocol's sessions and
+        the dashboard both ask here.
+        """
+        if token is not None and token.read_only:
+            return f'token {token.name} is read-only: it may observe and read status, not {what}'
+        if gpio is None:
+            return None
+        if not self.allows_pin(gpio):
+            return f'GPIO{gpio} is not in the server\'s --allow-pins list'
+        if token is not None and token.pins is not None and gpio not in token.pins:
+            allowed = ','.join(str(g) for g in sorted(token.pins)) or 'none'
+            return f'token {token.name} may not {what} GPIO{gpio} (it may: {allowed})'
+        return None
+
     @staticmethod
     def challenge():
         """A fresh nonce for one connection."""

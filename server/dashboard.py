@@ -188,13 +188,10 @@ class Dashboard:
         """None if *token* may drive every GPIO of *gpios*, else why not."""
         if self.server.backend != 'mock':
             return 'the controls work on the mock backend only'
-        if token is not FULL_ACCESS and token.read_only:
-            return f'token {token.name} is read-only'
-        for gpio in gpios:
-            if not self.server.access.allows_pin(gpio):
-                return f'GPIO{gpio} is not in the server\'s --allow-pins list'
-            if token is not FULL_ACCESS and token.pins is not None and gpio not in token.pins:
-                return f'token {token.name} may not drive GPIO{gpio}'
+        for gpio in [None, *gpios]:        # (None: may it change anything at all)
+            why = self.server.access.refusal(token, gpio, 'drive')
+            if why:
+                return why
         return None
 
     def drive(self, token, body):
@@ -351,14 +348,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.request.do_handshake()
         super().setup()
 
-    @property
-    def _parsed(self):
-        return False
-
-    @_parsed.setter
-    def _parsed(self, done):
-        if done:                           # the request is in: its deadline is over
-            self.server.deadlines.remove(id(self))
+    def _request_read(self):
+        """The request is in: its deadline is over."""
+        self.server.deadlines.remove(id(self))
 
     def finish(self):
         self.server.deadlines.remove(id(self))
@@ -368,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
         # A peer that may not use the dashboard is refused before its request is read.
         why = self.dashboard.server.access.admit(self.client_address[0])
         if why:
-            self._parsed = True
+            self._request_read()
             self.close_connection = True
             try:
                 body = json.dumps({'error': why}).encode()
@@ -423,7 +415,7 @@ class _Handler(BaseHTTPRequestHandler):
         return token
 
     def do_GET(self):
-        self._parsed = True                # (the request is read: the deadline is over)
+        self._request_read()
         if self._refused():
             return
         path = self.path.split('?', 1)[0]
@@ -467,7 +459,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             raw = self.rfile.read(length)
-            self._parsed = True            # (the request is read: the deadline is over)
+            self._request_read()
             body = json.loads(raw or b'{}')
             if not isinstance(body, dict):
                 raise ValueError

@@ -73,10 +73,6 @@ _CONTROL = {i: f'\\x{i:02x}' for i in range(32)}
 _CONTROL.update({9: '\\t', 10: '\\n', 13: '\\r', 127: '\\x7f'})
 
 
-def _pin_list(pins):
-    return ','.join(str(g) for g in sorted(pins)) or 'none'
-
-
 def printable(text, limit=200):
     """
     *text* (from the network) made safe for a log line: control and other
@@ -443,20 +439,13 @@ class Session:
 
     def may_change(self, what):
         """ProtocolError unless this connection's token may change pins (not read-only)."""
-        token = self.token
-        if token is not None and token.read_only:
-            raise ProtocolError('not_allowed', f'token {token.name} is read-only: it may '
-                                               f'observe and read status, not {what}')
+        self.may_drive(None, what)
 
     def may_drive(self, gpio, what='claim or drive'):
         """ProtocolError unless the server, and this connection's token, let it have *gpio*."""
-        self.may_change(what)
-        if not self.server.access.allows_pin(gpio):
-            raise ProtocolError('not_allowed', f'GPIO{gpio} is not in the server\'s --allow-pins list')
-        token = self.token
-        if token is not None and token.pins is not None and gpio not in token.pins:
-            raise ProtocolError('not_allowed', f'token {token.name} may not {what} GPIO{gpio} '
-                                               f'(it may: {_pin_list(token.pins)})')
+        why = self.server.access.refusal(self.token, gpio, what)
+        if why:
+            raise ProtocolError('not_allowed', why)
 
     def forward(self, id, message, op, args):
         pin = self.owned(message)
