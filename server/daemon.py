@@ -758,6 +758,21 @@ class Server:
     def _turn(self):
         timeout = self._timeout()
         events = self._selector.select(timeout)
+        registry = self.registry
+        registry.hold_sends()   # the replies of this turn first, then the workers' requests
+        try:
+            self._serve_ready(events)
+        finally:
+            registry.flush_held()
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._check(now)
+        if self._stop_asked and self._stop_phase is None:
+            self._begin_stop()
+        if self._stop_phase is not None:
+            self._advance_stop(time.monotonic())
+
+    def _serve_ready(self, events):
         for key, mask in events:
             try:
                 key.data(mask)
@@ -773,13 +788,6 @@ class Server:
                     except Exception:
                         self._failed(channel.ready)
         self._run_poked()
-        now = time.monotonic()
-        if now >= self._next_check:
-            self._check(now)
-        if self._stop_asked and self._stop_phase is None:
-            self._begin_stop()
-        if self._stop_phase is not None:
-            self._advance_stop(time.monotonic())
 
     def _timeout(self):
         if self.tls_pending or self._woken or self._poked or (
@@ -828,9 +836,13 @@ class Server:
         if channel.session is None:
             self._refusing -= 1
 
+    def on_loop(self):
+        """True on the loop's own thread."""
+        return threading.get_ident() == self._loop_ident
+
     def poke(self, channel):
         """From any thread: *channel* has something for the loop (output, a request)."""
-        if threading.get_ident() == self._loop_ident:
+        if self.on_loop():
             self._poked.add(channel)      # the loop looks at it before it sleeps again
             return
         with self._poke_lock:

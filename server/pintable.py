@@ -19,6 +19,10 @@ connection's pins: it looks at every pin's record, sends one ``sync`` to each
 pin that is still behind, all at once, and waits for their answers together,
 so its cost does not grow with the number of pins written.
 
+While the server's loop carries out the requests it has read, what they send
+to workers is held back until it has written its replies
+(:meth:`Registry.hold_sends`).
+
 The :class:`Registry` (the table itself) hands pins out (one owner at a
 time), takes them back when their worker has switched them off and ended, and
 keeps the last history of every pin for ``status``.
@@ -132,6 +136,7 @@ class ClaimedPin:
         self._release_route = None      # answered when the pin is free again
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
+        self._held = []                 # requests the loop holds back (Registry.hold_sends)
 
     def attach(self, worker):
         """Bind the pin to its (ready) worker and start reading from it."""
@@ -277,8 +282,17 @@ class ClaimedPin:
             elif op == Op.RELEASE:
                 self._release_seq = seq
         try:
+            data = encode(Request(seq, op, args, request_id))
+            if self.registry.holding():
+                # The loop's turn: sent when it has written its replies (flush_held).
+                if not self._held:
+                    self.registry.held.append(self)
+                self._held.append(data)
+                return
             try:
-                self.worker.conn.send_bytes(encode(Request(seq, op, args, request_id)))
+                if self._held:                # held by the loop, still to go: first
+                    self._send_held()
+                self.worker.conn.send_bytes(data)
             except OSError as exc:
                 # Gone, or stopped reading (the send timed out, maybe half-way through a
                 # message): either way it is of no more use. Its reader sees the end and
@@ -289,6 +303,24 @@ class ClaimedPin:
                 self.worker.terminate()
         finally:
             self._send_lock.release()
+
+    def flush_held(self):
+        """Send the requests the loop held back (see :meth:`Registry.hold_sends`)."""
+        with self._send_lock:
+            if not self._held:
+                return
+            try:
+                self._send_held()
+            except OSError as exc:
+                log.log(logging.ERROR if self.status is PinStatus.CLAIMED else logging.DEBUG,
+                        'GPIO%d: cannot reach its worker (%s); ending it', self.gpio, exc)
+                self.worker.terminate()
+
+    def _send_held(self):
+        held, self._held = self._held, []
+        send = self.worker.conn.send_bytes
+        for data in held:
+            send(data)
 
     def start_sync(self):
         """Ask the worker to say when it has taken everything sent before; the reply to wait on."""
@@ -513,6 +545,34 @@ class Registry:
         self.closing = False         # the server is stopping: no new claims
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self._holder = None          # the thread whose sends to workers are held back
+        self.held = []               # pins with requests held back
+
+    # Held sends --------------------------------------------------------------------
+
+    def hold_sends(self):
+        """
+        From the server's loop, as it starts carrying out the requests it has
+        read: hold back what they send to workers until :meth:`flush_held`,
+        which the loop calls once it has written its replies. A worker woken by
+        a request takes a CPU at once (its priority is raised), and the loop
+        would answer a read only behind it; the read's answer depends on nothing
+        the worker does (a request sent is counted when it is held). Another
+        thread's send to the same worker sends the held requests first, so each
+        worker still receives its requests in order.
+        """
+        self._holder = threading.get_ident()
+
+    def holding(self):
+        """True on the thread whose sends are held back (see :meth:`hold_sends`)."""
+        return self._holder == threading.get_ident()
+
+    def flush_held(self):
+        """Send what was held back, and stop holding."""
+        self._holder = None
+        held, self.held = self.held, []
+        for pin in held:
+            pin.flush_held()
 
     def claim(self, gpio, session, timeout=CLAIM_TIMEOUT):
         """Give *gpio* to *session*; return the ClaimedPin and the pin's state."""
