@@ -183,6 +183,33 @@ def cmd_watch(args):
     watch(args.host, args.port, interval=args.interval, once=args.once, tls=tls_context())
 
 
+def cmd_mqtt(args):
+    import logging
+    import signal
+    try:
+        from remoteio_factory.mqtt.bridge import Bridge
+        from remoteio_factory.mqtt.config import ConfigError, load
+    except ImportError as exc:
+        print(f'remoteio mqtt: {exc}; install the bridge\'s libraries with: '
+              f'pip install \'remoteio-factory[mqtt]\'', file=sys.stderr)
+        sys.exit(2)
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f'remoteio mqtt: {exc}', file=sys.stderr)
+        sys.exit(2)
+    if args.check:
+        print(f'{args.config}: {len(config.pins)} pins on {len(config.servers)} servers, '
+              f'broker {config.broker.host}:{config.broker.port}')
+        return
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format='%(asctime)s %(name)s %(levelname)s: %(message)s')
+    bridge = Bridge(config)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: bridge.stop())
+    bridge.run()
+
+
 def _port(text):
     try:
         return settings.port_number(text, '--port')
@@ -261,6 +288,19 @@ def parser():
                        help='time between updates (default: %(default)s)')
     watch.add_argument('--once', action='store_true', help='draw the picture once and exit')
     watch.set_defaults(run=cmd_watch)
+    mqtt = sub.add_parser(
+        'mqtt', help='a bridge between remoteio servers and an MQTT broker (Home Assistant)',
+        description='Connect to an MQTT broker and to the remoteio servers the configuration '
+                    'names, and expose the pins it lists: switches, lights (PWM), timed '
+                    'impulses, inputs and observed pins, with Home Assistant\'s MQTT '
+                    'discovery. Runs until SIGTERM or Ctrl+C. See docs/mqtt.md. Needs '
+                    'paho-mqtt: pip install \'remoteio-factory[mqtt]\'.')
+    mqtt.add_argument('config', metavar='CONFIG', help='the configuration file (TOML)')
+    mqtt.add_argument('--check', action='store_true',
+                      help='check the configuration and exit')
+    mqtt.add_argument('--log-level', choices=('debug', 'info', 'warning', 'error'),
+                      default='info', help='default: %(default)s')
+    mqtt.set_defaults(run=cmd_mqtt)
     return p
 
 

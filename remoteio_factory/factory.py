@@ -135,6 +135,12 @@ class RemoteIOFactory(PiFactory):
         ``SIGUSR2`` handler; SIGINT where there is neither, and on Windows).
         ``False`` for programs that handle the loss themselves: then only
         calls on the factory raise it.
+    :param on_lost:
+        A callable, called with the message of the
+        :exc:`~remoteio_factory.RemoteIOConnectionError` when the connection
+        is lost for good (on a thread of the factory's: it must not wait for
+        the factory). For programs that handle the loss themselves, such as
+        the MQTT bridge, which then marks the server offline and connects again.
     :param str mode:
         ``wait`` or ``nowait`` for this connection's timed tasks
         (``REMOTEIO_MODE``; default: the server's ``--mode``). In ``wait`` mode
@@ -148,7 +154,7 @@ class RemoteIOFactory(PiFactory):
 
     def __init__(self, host=None, port=None, *, timeout=None, connect_timeout=None, mode=None,
                  token=None, tls=None, tls_ca=None, reconnect=None, reconnect_timeout=None,
-                 interrupt_main=True):
+                 interrupt_main=True, on_lost=None):
         super().__init__()
         # Re-entrant: gpiozero's reserve_pins holds this lock while it looks pins up,
         # and a garbage-collected shared SPI interface (SharedMixin.__del__) may close,
@@ -170,6 +176,7 @@ class RemoteIOFactory(PiFactory):
         self._reconnect_timeout = _seconds(reconnect_timeout, 'reconnect_timeout',
                                            'REMOTEIO_RECONNECT_TIMEOUT', DEFAULT_RECONNECT_TIMEOUT)
         self._interrupt_main = interrupt_main
+        self._on_lost = on_lost
         self._online = threading.Event()   # clear while reconnecting
         self._online.set()
         self._stopped = threading.Event()  # set by close(): ends the reconnect loop's waits
@@ -352,6 +359,11 @@ class RemoteIOFactory(PiFactory):
             else:
                 log.error('%s', message)
         self._online.set()        # wakes the calls waiting for a reconnection: they raise
+        if self._on_lost is not None and not self._closing:
+            try:
+                self._on_lost(message)
+            except Exception:
+                log.exception('the on_lost callback failed')
 
     def _reconnect_loop(self, lost_at, reason):
         where = f'{self._host}:{self._port}'

@@ -559,13 +559,15 @@ class PinWorker:
 
     def _end_task(self, result, error=None, switch_off=False):
         job, self.running, self.deadline = self.running, None, None
-        if self.observed:
-            self.send(Change([{'t': time.monotonic(), 'task': None, 'result': result}]))
+        ended = time.monotonic()
         if switch_off:
+            # (the pin first: telling observers takes a send, which must not delay the edge)
             try:
                 self._set_level(job.task.pin_level(0.0))
             except Exception as exc:  # report, but the task has ended either way
                 error = error or describe_error(exc)
+        if self.observed:
+            self.send(Change([{'t': ended, 'task': None, 'result': result}]))
         self._level = None
         self.send(End(job.seq, result, error))
 
