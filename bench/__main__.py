@@ -87,6 +87,14 @@ is between numbers of the same placement. Affinities are restored afterwards.
     regression, ≤ 1.25× within the noise of one run), and the updates the
     stream got.
 
+**The MQTT bridge** (:mod:`bench.mqtt`):
+
+13. ``mqtt``: a Mosquitto broker and ``remoteio mqtt`` with one switch; a
+    command published → the pin set (one at a time, median of 60; 30 with
+    --quick) and commands/s in bursts of 1000 (300), each against the same
+    from a direct client, 5 repetitions (3) interleaved, judged by an
+    observer's server-timed transitions; none lost.
+
 Between phases the run waits until our server is back to its spare workers.
 
 It prints a table (figure, value and range, baseline and range, ratio, echo,
@@ -113,7 +121,7 @@ from pathlib import Path
 
 from remoteio_factory import RemoteIOFactory, RemoteServer
 
-from bench import compare, figures, harness
+from bench import compare, figures, harness, mqtt
 from bench.figures import Figure, format_number, format_range
 
 DEFAULT_JSON = harness.REPO_ROOT / 'bench' / 'results' / 'latest.json'
@@ -134,7 +142,7 @@ SETTLE_TIMEOUT = harness.SETTLE_TIMEOUT
 HELPER_LIFETIME = 1800
 #: What ``--only`` can select, in the order they run.
 PHASES = ('round_trips', 'seed_api', 'pipelined', 'claimed', 'tasks_1_pin', 'tasks_26_pins',
-          'pulse', 'events', 'spi', 'load', 'read_load', 'dashboard')
+          'pulse', 'events', 'spi', 'load', 'read_load', 'dashboard', 'mqtt')
 
 
 class Run:
@@ -360,6 +368,7 @@ def phase_table(run, results_dir):
         ('read_load', compared('read_load', lambda s: compare.measure_read_load(
             s, plan, results_dir / 'read_clients.log'))),
         ('dashboard', lambda s: run.measure('dashboard', lambda: measure_dashboard(run, s))),
+        ('mqtt', lambda s: run.measure('mqtt', lambda: mqtt.measure_mqtt(s.ours, plan))),
     )
 
 
