@@ -98,13 +98,14 @@ def command(key):
 
 
 class Rig:
-    def __init__(self, broker_options=None, listener_options=None, extra_broker=''):
+    def __init__(self, broker_options=None, listener_options=None, extra_broker='',
+                 start=True):
         self.directory = scratch()
         self.broker = Broker(self.directory, **(broker_options or {}))
         self.servers = [ServerProcess(), ServerProcess()]
         self.listener = Listener(self.broker, **(listener_options or {}))
         self.extra_broker = extra_broker
-        self.bridge = self.start_bridge()
+        self.bridge = self.start_bridge() if start else None
 
     def start_bridge(self):
         return BridgeProcess(bridge_config(self.broker, self.servers, self.extra_broker),
@@ -116,7 +117,8 @@ class Rig:
             self.listener.wait(topic, 'online', timeout)
 
     def close(self):
-        self.bridge.stop()
+        if self.bridge is not None:
+            self.bridge.stop()
         self.listener.close()
         for server in self.servers:
             server.stop()
@@ -159,11 +161,13 @@ def test_discovery_follows_home_assistants_rules(rig):
     assert kettle['device']['model']                         # the server's board, from hello
     assert kettle['origin']['name'] == 'remoteio-factory' and kettle['origin']['sw_version']
     assert kettle['availability'] == [{'topic': f'{BASE}/bridge/availability'},
-                                      {'topic': f'{BASE}/alpha/availability'}]
+                                      {'topic': f'{BASE}/alpha/availability'},
+                                      {'topic': f'{BASE}/alpha/17/availability'}]
     assert kettle['availability_mode'] == 'all'
     lamp = seen.json(f'{HA}/light/remoteio_alpha/gpio18/config')
     assert lamp['schema'] == 'json' and lamp['supported_color_modes'] == ['brightness']
     assert lamp['effect_list'] == ['pulse', 'blink']
+    assert lamp['flash'] is False and lamp['transition'] is False   # (Home Assistant: true)
     door = seen.json(f'{HA}/button/remoteio_alpha/gpio22/config')
     assert door['payload_press'] == 'PRESS' and 'state_topic' not in door
     bell = seen.json(f'{HA}/binary_sensor/remoteio_alpha/gpio23/config')
@@ -184,11 +188,15 @@ def test_discovery_follows_home_assistants_rules(rig):
         late.close()
 
 
-def test_home_assistant_restarting_gets_discovery_again(rig):
-    topic = f'{HA}/light/remoteio_alpha/gpio18/config'
-    before = rig.listener.count(topic)
+def test_home_assistant_restarting_gets_everything_again(rig):
+    topics = [f'{HA}/light/remoteio_alpha/gpio18/config', f'{BASE}/alpha/availability',
+              f'{BASE}/beta/availability', state('alpha/17'), state('alpha/23'),
+              state('beta/5'), f'{BASE}/alpha/22/availability']
+    before = {topic: rig.listener.count(topic) for topic in topics}
     rig.listener.publish(f'{HA}/status', 'online')          # Home Assistant's birth message
-    rig.listener.wait(topic, since=before)
+    for topic in topics:
+        rig.listener.wait(topic, since=before[topic])
+    assert rig.listener.last(f'{BASE}/alpha/availability') == 'online'
 
 
 # Commands reach the pins ----------------------------------------------------------------------
@@ -217,7 +225,7 @@ def test_a_light_takes_brightness_and_runs_its_effects_on_the_server(rig):
     alpha = rig.servers[0]
     rig.listener.publish(command('alpha/18'), json.dumps({'state': 'ON', 'brightness': 64}))
     got = json.loads(rig.listener.wait(state('alpha/18'), where=lambda p: '"brightness":64' in p))
-    assert got == {'state': 'ON', 'color_mode': 'brightness', 'brightness': 64}
+    assert got == {'state': 'ON', 'color_mode': 'brightness', 'brightness': 64, 'effect': None}
     pin = wait_for(lambda: (lambda p: p if p['state'] == pytest.approx(64 / 255) else None)(
         alpha.pin(18)), message='GPIO18 at 64/255')
     assert pin['frequency'] == 200
@@ -226,7 +234,9 @@ def test_a_light_takes_brightness_and_runs_its_effects_on_the_server(rig):
     task = wait_for(lambda: alpha.pin(18).get('task'), message='a pulse task on GPIO18')
     assert task['kind'] == 'pulse'
     rig.listener.publish(command('alpha/18'), 'OFF')          # the next command ends the effect
-    rig.listener.wait(state('alpha/18'), where=lambda p: json.loads(p)['state'] == 'OFF')
+    off = json.loads(rig.listener.wait(state('alpha/18'),
+                                       where=lambda p: json.loads(p)['state'] == 'OFF'))
+    assert off['effect'] is None                  # said, so Home Assistant forgets the effect
     wait_for(lambda: not alpha.pin(18).get('task') and alpha.pin(18)['state'] == 0,
              message='GPIO18 off, no task')
 
@@ -251,15 +261,51 @@ def test_bad_commands_change_nothing(rig):
     rig.listener.wait(state('alpha/17'), 'ON')
     for topic, payload in ((command('alpha/17'), 'maybe'), (command('alpha/18'), '{"state": 3}'),
                            (command('alpha/23'), 'ON'), (command('alpha/99'), 'ON'),
-                           (command('alpha/17'), '\xff')):
+                           (command('alpha/17'), b'\xff')):
         rig.listener.publish(topic, payload)
-    rig.listener.publish(command('beta/6'), 'ON')                   # later, on the other server
-    rig.listener.wait(state('beta/6'), 'ON')
+    for said in ("ignored the command 'maybe'", 'ignored the command \'{"state": 3}\'',
+                 'a pin with role input takes no commands', 'a command for no configured pin',
+                 'the command is not UTF-8'):
+        wait_for(lambda: said in rig.bridge.text(), message=said)
     assert alpha.pin(17)['state'] == 1
     assert rig.listener.last(state('alpha/17')) == 'ON'
-    assert "ignored the command 'maybe'" in rig.bridge.text()
     rig.listener.publish(command('alpha/17'), 'OFF')
     rig.listener.wait(state('alpha/17'), 'OFF')
+
+
+def test_presses_during_an_impulse_are_ignored(rig):
+    alpha = rig.servers[0]
+    before = rig.listener.count(state('alpha/22'))
+    rises_before = sum(1 for _, level in transitions(alpha.pin(22)) if level == 1)
+    for _ in range(5):
+        rig.listener.publish(command('alpha/22'), 'PRESS')
+    rig.listener.wait(state('alpha/22'), 'OFF', since=before + 1)
+    wait_for(lambda: 'the impulse still runs' in rig.bridge.text(), message='presses ignored')
+    changes = transitions(alpha.pin(22))
+    assert sum(1 for _, level in changes if level == 1) == rises_before + 1, changes
+    assert changes[-1][1] == 0
+
+
+def test_a_pin_another_client_has_is_unavailable_and_the_others_work(fresh):
+    from gpiozero import DigitalOutputDevice
+    rig = fresh(start=False)
+    alpha = rig.servers[0]
+    other = alpha.factory()
+    try:
+        held = DigitalOutputDevice(22, pin_factory=other)    # before the bridge starts
+        rig.bridge = rig.start_bridge()
+        rig.online()
+        rig.listener.wait(f'{BASE}/alpha/22/availability', 'offline')
+        rig.listener.wait(f'{BASE}/alpha/17/availability', 'online')
+        rig.listener.publish(command('alpha/17'), 'ON')         # the others work
+        rig.listener.wait(state('alpha/17'), 'ON')
+        wait_for(lambda: alpha.pin(17)['state'] == 1, message='GPIO17 high')
+        held.close()                                             # let go: the bridge takes it
+        rig.listener.wait(f'{BASE}/alpha/22/availability', 'online', timeout=20)
+        changes = transitions(alpha.pin(17))
+        assert [level for _, level in changes if level == 0][1:] == [], changes  # no blip
+    finally:
+        other.close()
 
 
 # Inputs and observed pins -------------------------------------------------------------------
@@ -306,16 +352,21 @@ def test_a_server_that_dies_goes_offline_and_comes_back_restored(fresh):
     alpha.stop(signal.SIGKILL)
     rig.listener.wait(f'{BASE}/alpha/availability', 'offline')
     assert rig.listener.last(f'{BASE}/beta/availability') == 'online'
-    # a command while it is away is kept for its return
-    rig.listener.publish(command('alpha/17'), 'OFF')
-    rig.listener.publish(command('alpha/17'), 'ON')
+    # a command while it is away is kept for its return (GPIO17 is left as it was told before)
+    rig.listener.publish(command('alpha/18'), '200')
+    rig.listener.publish(command('alpha/22'), 'PRESS')     # a press is not kept for later
+    wait_for(lambda: "'PRESS' dropped" in rig.bridge.text(), message='the press dropped')
+    inputs = rig.listener.count(state('alpha/23'))
     back = rig.servers[0] = ServerProcess('--port', str(port))
     rig.listener.wait(f'{BASE}/alpha/availability', 'online')
     pins = wait_for(lambda: (lambda s: s if s.get(17, {}).get('state') == 1 and
-                             s.get(18, {}).get('state') == pytest.approx(128 / 255) else None)(
+                             s.get(18, {}).get('state') == pytest.approx(200 / 255) else None)(
         {p['gpio']: p for p in back.status()['pins']}), message='GPIO17 and 18 restored')
     assert pins[17]['status'] == 'claimed' and pins[18]['frequency'] == 200
     assert pins[23]['function'] == 'input' and pins[23]['pull'] == 'up'
+    assert pins[22]['state'] == 0 and not transitions(pins[22])[1:]   # no late impulse
+    rig.listener.wait(state('alpha/23'), 'OFF', since=inputs)   # read afresh
+    assert json.loads(rig.listener.last(state('alpha/18')))['brightness'] == 200
 
 
 def test_a_killed_bridge_goes_offline_and_its_pins_are_soft_closed(fresh):

@@ -49,6 +49,8 @@ log = logging.getLogger('remoteio_factory.mqtt')
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0
 #: How long the bridge waits for a server's answers before it counts the server as away.
 SERVER_TIMEOUT = 5.0
+#: A press older than this when its server can take it (it was being reached) is dropped.
+IMPULSE_MAX_AGE = 1.0
 #: What a link's queue may hold besides commands: its server connection is lost (with the
 #: number of the connection), publish every state again, stop.
 _LOST = object()
@@ -56,6 +58,8 @@ _REPUBLISH = object()
 _STOP = object()
 #: Messages paho keeps for a broker that is away (the states are published again anyway).
 MAX_QUEUED = 1000
+#: Commands that may wait for one server; more are dropped (a flood must not grow memory).
+MAX_PENDING = 10000
 
 
 class Bridge:
@@ -115,7 +119,9 @@ class Bridge:
 
     def publish(self, topic, payload, retain=False):
         """Publish (QoS 1); while the broker is away paho keeps it for the reconnection."""
-        self.mqtt.publish(topic, payload, qos=1, retain=retain)
+        info = self.mqtt.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (0, 4):      # (4: not connected; kept, or published again later)
+            log.debug('%s: not published (paho says %s)', topic, info.rc)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
         if getattr(reason_code, 'is_failure', False):
@@ -127,10 +133,15 @@ class Bridge:
             subscriptions.append((self.topics.ha_status, 1))
         client.subscribe(subscriptions)
         self.publish(self.topics.bridge_availability, ONLINE, retain=True)
+        self._everything_again()
+        self.broker_connected.set()
+
+    def _everything_again(self):
+        """Discovery, availability and every state (the broker or Home Assistant restarted)."""
         self.announce()
         for link in self.links.values():
+            link.publish_availability()
             link.republish()
-        self.broker_connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
         self.broker_connected.clear()
@@ -150,9 +161,7 @@ class Bridge:
         topic = message.topic
         if topic == self.topics.ha_status:
             if message.payload == b'online':      # Home Assistant (re)started: its birth
-                self.announce()
-                for link in self.links.values():
-                    link.republish()
+                self._everything_again()
             return
         if message.retain:
             # A command kept by the broker from some earlier time is not a command now.
@@ -183,13 +192,16 @@ class ServerLink:
         self.info = None                 # what the server said of itself (for discovery)
         self.online = None               # not yet known
         self._generation = 0             # connections made: a loss is news for its own only
+        self._lost = 0                   # ... the generation that was lost
         self._queue = queue.Queue()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f'remoteio-mqtt-{server.name}',
                                         daemon=True)
         self._watcher = None
         self.factory = None
         self.observation = None
         self.devices = {}                # gpio -> gpiozero device
+        self.missing = {}                # gpio -> why the pin could not be claimed
         # What each output was last told (restored when the server comes back):
         # switch: bool; light: (on, brightness 0..255, effect or None)
         self.wanted = {}
@@ -198,13 +210,19 @@ class ServerLink:
                 self.wanted[pin.gpio] = False
             elif pin.role == 'light':
                 self.wanted[pin.gpio] = (False, 255, None)
-        self._published = {}             # gpio -> the last state payload published
-        self._impulses = {}              # gpio -> tasks under way
+        # The last state (and attributes) published per pin; reading a pin and publishing
+        # what it read happen under the lock, so an older value never lands last.
+        self._published = {}
+        self._publishing = threading.RLock()
+        self._dropped = 0                # commands dropped: too many waiting
+        self._impulses = set()           # gpios whose impulse runs
+        self._impulse_lock = threading.Lock()
 
     def start(self):
         self._thread.start()
 
     def stop(self):
+        self._stop.set()
         self._queue.put(_STOP)
 
     def join(self, timeout):
@@ -212,7 +230,13 @@ class ServerLink:
 
     def command(self, pin, payload):
         """From the broker's thread: queue a command (never waits for the server)."""
-        self._queue.put((pin, payload))
+        if self._queue.qsize() >= MAX_PENDING:
+            self._dropped += 1
+            if self._dropped in (1, 10, 100) or self._dropped % 1000 == 0:
+                log.warning('server %s: %d commands wait already; dropped %d so far',
+                            self.server.name, MAX_PENDING, self._dropped)
+            return
+        self._queue.put((pin, payload, time.monotonic()))
 
     def republish(self):
         """From any thread: publish every pin's state again (the link's thread does it)."""
@@ -222,7 +246,7 @@ class ServerLink:
 
     def _run(self):
         delay = RETRY_FIRST
-        while not self.bridge.stopping.is_set():
+        while not self._stop.is_set():
             try:
                 self._connect()
             except Exception as exc:
@@ -232,11 +256,11 @@ class ServerLink:
                 if _is_loss(exc):
                     log.warning('%s is not reachable: %s; trying again in %g s', where,
                                 _reason(exc), delay)
-                elif _is_refusal(exc):          # a pin in use, a token refused, ...
+                elif _is_refusal(exc):          # a token refused, ...
                     log.error('%s: %s; trying again in %g s', where, exc, delay)
                 else:
                     log.exception('%s: connecting failed; trying again in %g s', where, delay)
-                if self._wait_for_stop(delay):
+                if self._wait_offline(delay):
                     break
                 delay = min(delay * 2, RETRY_MAX)
                 continue
@@ -244,15 +268,15 @@ class ServerLink:
             self._set_online(True)
             lost = self._serve()
             self._disconnect()
-            self._set_online(False)
             if not lost:
                 break
+            self._set_online(False)
         self._disconnect()
 
-    def _wait_for_stop(self, seconds):
-        """Sleep *seconds* unless told to stop (commands meanwhile are dropped: nobody to do them)."""
+    def _wait_offline(self, seconds):
+        """Wait *seconds* while the server is away; True when told to stop."""
         deadline = time.monotonic() + seconds
-        while True:
+        while not self._stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -260,40 +284,45 @@ class ServerLink:
                 item = self._queue.get(timeout=remaining)
             except queue.Empty:
                 return False
-            if item is _STOP:
-                return True
-            if isinstance(item, tuple) and item[0] is not _LOST:
-                pin, payload = item
-                self._remember(pin, payload)     # restored once the server is back
-                log.warning('%s: server %s is away; the command %r is carried out when it '
-                            'is back', self.topics.set(pin), self.server.name, payload[:80])
+            if type(item) is tuple and item[0] is not _LOST:
+                pin, payload, _ = item
+                if pin.role in ('switch', 'light'):
+                    self._remember(pin, payload)     # restored once the server is back
+                    log.warning('%s: server %s is away; %r is set when it is back',
+                                self.topics.set(pin), self.server.name, payload[:80])
+                else:
+                    log.warning('%s: server %s is away; %r dropped', self.topics.set(pin),
+                                self.server.name, payload[:80])
+        return True
 
     def _serve(self):
         """Carry out commands until the server is lost (True) or the bridge stops (False)."""
         while True:
-            item = self._queue.get()
-            if item is _STOP:
+            try:
+                # (pins another client had are tried again now and then)
+                item = self._queue.get(timeout=RETRY_MAX if self.missing else None)
+            except queue.Empty:
+                self._retry_missing()
+                continue
+            if self._stop.is_set():              # (before whatever still waits in the queue)
                 return False
+            if self._lost == self._generation:
+                log.warning('lost the remoteio server %s; connecting again', self.server.name)
+                return True
             if item is _REPUBLISH:
                 self._republish_now()
                 continue
-            if item[0] is _LOST:
-                if item[1] != self._generation:
-                    continue                     # an earlier connection's
-                log.warning('lost the remoteio server %s (%s); connecting again',
-                            self.server.name, item[2])
-                return True
-            pin, payload = item
+            if item is _STOP or item[0] is _LOST:
+                continue                         # (the flags above decide)
+            pin, payload, received = item
             try:
-                self._carry_out(pin, payload)
+                self._carry_out(pin, payload, received)
             except ValueError as exc:
                 log.warning('%s: ignored the command %r: %s', self.topics.set(pin),
                             payload[:80], exc)
             except Exception as exc:
-                if _is_loss(exc):
-                    log.warning('lost the remoteio server %s: %s', self.server.name, exc)
-                    self._remember(pin, payload)
-                    return True
+                # Lost connections come as a loss (the flag); anything else failed alone.
+                self._remember(pin, payload)
                 log.error('%s: the command %r failed: %s', self.topics.set(pin), payload[:80],
                           exc)
 
@@ -308,7 +337,8 @@ class ServerLink:
         generation = self._generation
 
         def lost(reason=None):
-            self._queue.put((_LOST, generation, reason))
+            self._lost = generation
+            self._queue.put((_LOST, generation, reason))   # (wakes the link's thread)
         self.factory = RemoteIOFactory(server.host, server.port, reconnect=False,
                                        interrupt_main=False, on_lost=lost,
                                        timeout=SERVER_TIMEOUT, connect_timeout=SERVER_TIMEOUT,
@@ -321,15 +351,35 @@ class ServerLink:
                                            connect_timeout=SERVER_TIMEOUT,
                                            timeout=SERVER_TIMEOUT, on_lost=lost,
                                            **_connection_options(options))
+        self.missing = {}
         for pin in self.pins:
-            self._open(pin)
+            self._try_open(pin)
         log.info('server %s (%s:%d): %d pins', server.name, server.host, server.port,
-                 len(self.pins))
+                 len(self.pins) - len(self.missing))
         if self.observation is not None:
             self._watcher = threading.Thread(target=self._watch, args=(self.observation,),
                                              name=f'remoteio-mqtt-watch-{server.name}',
                                              daemon=True)
             self._watcher.start()
+
+    def _try_open(self, pin):
+        """Claim *pin*; a pin refused (another client has it) is that pin's problem only."""
+        from gpiozero.exc import GPIOZeroError
+        from remoteio_factory.exc import RemoteIOConnectionError
+        try:
+            self._open(pin)
+        except RemoteIOConnectionError:
+            raise
+        except GPIOZeroError as exc:
+            first = pin.gpio not in self.missing
+            self.missing[pin.gpio] = str(exc)
+            if first:
+                log.error('server %s: GPIO%d cannot be had: %s; trying again every %g s',
+                          self.server.name, pin.gpio, exc, RETRY_MAX)
+            self._pin_available(pin, False)
+            return
+        self.missing.pop(pin.gpio, None)
+        self._pin_available(pin, True)
 
     def _open(self, pin):
         from gpiozero import DigitalInputDevice, OutputDevice, PWMOutputDevice
@@ -353,8 +403,10 @@ class ServerLink:
                 active_state=pin.active_high if pull_up is None else None,
                 bounce_time=pin.bounce_ms / 1000 if pin.bounce_ms else None,
                 pin_factory=factory)
-            device.when_activated = lambda: self._publish_state(pin, ON)
-            device.when_deactivated = lambda: self._publish_state(pin, OFF)
+            with self._publishing:
+                device.when_activated = lambda: self._publish_state(pin, ON)
+                device.when_deactivated = lambda: self._publish_state(pin, OFF)
+                self._publish_state(pin, ON if device.is_active else OFF)
             self.devices[pin.gpio] = device
 
     def _disconnect(self):
@@ -380,6 +432,19 @@ class ServerLink:
                 self.bridge.announce()      # the device block now knows the board
                 self._republish_now()
 
+    def publish_availability(self):
+        """From any thread: the server's and the pins' availability, as they are now."""
+        if self.online is not None:
+            self.bridge.publish(self.topics.availability(self.server.name),
+                                ONLINE if self.online else OFFLINE, retain=True)
+        for pin in self.pins:
+            self.bridge.publish(self.topics.pin_availability(pin),
+                                OFFLINE if pin.gpio in self.missing else ONLINE, retain=True)
+
+    def _pin_available(self, pin, available):
+        self.bridge.publish(self.topics.pin_availability(pin), ONLINE if available else OFFLINE,
+                            retain=True)
+
     # Commands -------------------------------------------------------------------------------
 
     def _remember(self, pin, payload):
@@ -392,24 +457,39 @@ class ServerLink:
         except ValueError:
             pass
 
-    def _carry_out(self, pin, payload):
+    def _carry_out(self, pin, payload, received):
         role = pin.role
+        if pin.gpio in self.missing:
+            self._remember(pin, payload)
+            self._retry_missing()
+            if pin.gpio in self.missing:
+                raise ValueError(f'GPIO{pin.gpio} is not the bridge\'s: '
+                                 f'{self.missing[pin.gpio]}')
         if role == 'switch':
             on = _on_off(payload)
             device = self.devices[pin.gpio]
-            device.on() if on else device.off()
             self.wanted[pin.gpio] = on
+            device.on() if on else device.off()
             self._publish_state(pin, ON if on else OFF)
         elif role == 'light':
             wanted = self._light_wanted(pin, t.parse_light_command(payload))
-            self._light(pin, *wanted)
             self.wanted[pin.gpio] = wanted
+            self._light(pin, *wanted)
         elif role == 'impulse':
             if payload.strip().upper() != PRESS:
                 raise ValueError(f'an impulse takes {PRESS}')
+            if time.monotonic() - received > IMPULSE_MAX_AGE:
+                raise ValueError(f'pressed {time.monotonic() - received:.1f} s ago, while '
+                                 f'the server was being reached: too late to run now')
             self._impulse(pin)
         else:
             raise ValueError(f'a pin with role {role} takes no commands')
+
+    def _retry_missing(self):
+        """Try again to claim the pins another client had."""
+        for pin in self.pins:
+            if pin.gpio in self.missing and self.factory is not None:
+                self._try_open(pin)
 
     def _light_wanted(self, pin, command):
         on, brightness, effect = self.wanted[pin.gpio]
@@ -436,19 +516,28 @@ class ServerLink:
         self._publish_state(pin, t.light_state(on, brightness, effect))
 
     def _impulse(self, pin):
-        device = self.devices[pin.gpio]
-        handle = device.pin.run_task('on', time_ms=pin.time_ms, active_high=pin.active_high)
-        running = self._impulses.setdefault(pin.gpio, set())
-        running.add(handle)
+        """One impulse at a time per pin: a press while one runs is ignored (said in the log)."""
+        with self._impulse_lock:
+            if pin.gpio in self._impulses:
+                log.info('%s: ignored a press: the impulse still runs', self.topics.set(pin))
+                return
+            self._impulses.add(pin.gpio)
+        try:
+            handle = self.devices[pin.gpio].pin.run_task('on', time_ms=pin.time_ms,
+                                                         active_high=pin.active_high)
+        except BaseException:
+            with self._impulse_lock:
+                self._impulses.discard(pin.gpio)
+            raise
         self._publish_state(pin, ON)
 
         def ended():
             try:
-                handle.wait(pin.time_ms / 1000 + SERVER_TIMEOUT)
+                handle.wait()         # its end, as the server reports it (or the loss)
             except Exception:
                 pass
-            running.discard(handle)
-            if not running:
+            with self._impulse_lock:
+                self._impulses.discard(pin.gpio)
                 self._publish_state(pin, OFF)
         threading.Thread(target=ended, name=f'remoteio-mqtt-impulse-{pin.gpio}',
                          daemon=True).start()
@@ -456,58 +545,50 @@ class ServerLink:
     # States -------------------------------------------------------------------------------------
 
     def _publish_state(self, pin, payload):
-        self._published[pin.gpio] = payload
-        self.bridge.publish(self.topics.state(pin), payload, retain=True)
+        with self._publishing:
+            self._published[pin.gpio] = payload
+            self.bridge.publish(self.topics.state(pin), payload, retain=True)
 
     def _republish_now(self):
-        """Every pin's state (after the broker or the server came back)."""
-        if not self.online:
-            return
-        for pin in self.pins:
-            try:
-                payload = self._current(pin)
-            except Exception as exc:
-                log.debug('GPIO%d: no state now (%s)', pin.gpio, exc)
-                continue
-            if payload is not None:
-                self._publish_state(pin, payload)
-
-    def _current(self, pin):
-        if pin.role == 'switch':
-            return ON if self.wanted[pin.gpio] else OFF
-        if pin.role == 'light':
-            return t.light_state(*self.wanted[pin.gpio])
-        if pin.role == 'impulse':
-            return ON if self._impulses.get(pin.gpio) else OFF
-        if pin.role == 'input':
-            device = self.devices.get(pin.gpio)
-            return None if device is None else (ON if device.is_active else OFF)
-        observation = self.observation
-        if observation is None:
-            return None
-        for entry in observation.status()['pins']:
-            if entry['gpio'] == pin.gpio:
-                self._publish_attributes(pin, entry)
-                return ON if entry.get('state') else OFF
-        return None
+        """Every pin's last state again (after the broker or the server came back)."""
+        with self._publishing:
+            for pin in self.pins:
+                if pin.role == 'switch':
+                    self._publish_state(pin, ON if self.wanted[pin.gpio] else OFF)
+                elif pin.role == 'light':
+                    self._publish_state(pin, t.light_state(*self.wanted[pin.gpio]))
+                elif pin.role == 'impulse':
+                    with self._impulse_lock:
+                        self._publish_state(pin, ON if pin.gpio in self._impulses else OFF)
+                elif pin.gpio in self._published:
+                    self._publish_state(pin, self._published[pin.gpio])
+                    key = ('attributes', pin.gpio)
+                    if key in self._published:
+                        self.bridge.publish(self.topics.attributes(pin), self._published[key],
+                                            retain=True)
+            self.publish_availability()
 
     def _watch(self, observation):
-        """The observed pins' changes, published as they come (the link's second thread)."""
+        """The observed pins' states, published as they change (the link's second thread)."""
         observed = {p.gpio: p for p in self.pins if p.role == 'observed'}
-        while self.observation is observation and not self.bridge.stopping.is_set():
-            changes = observation.wait_changes(timeout=0.5)
-            if not any(c.get('pin') in observed for c in changes):
-                continue
-            for entry in observation.status()['pins']:
-                pin = observed.get(entry['gpio'])
-                if pin is None:
-                    continue
-                payload = ON if entry.get('state') else OFF
-                if self._published.get(pin.gpio) != payload:
-                    self._publish_state(pin, payload)
-                self._publish_attributes(pin, entry)
+        changes = True                          # (the snapshot first)
+        while self.observation is observation and not self._stop.is_set():
+            if changes:
+                with self._publishing:
+                    entries = {e['gpio']: e for e in observation.status()['pins']}
+                    for gpio, pin in observed.items():
+                        self._observed(pin, entries.get(gpio))
+            changes = any(c.get('pin') in observed
+                          for c in observation.wait_changes(timeout=0.5))
 
-    def _publish_attributes(self, pin, entry):
+    def _observed(self, pin, entry):
+        """Publish what the server says of an observed pin (None: it has never driven it)."""
+        if entry is None:
+            payload, entry = t.UNKNOWN, {'status': 'unused'}
+        else:
+            payload = ON if entry.get('state') else OFF
+        if self._published.get(pin.gpio) != payload:
+            self._publish_state(pin, payload)
         attributes = {key: entry.get(key) for key in ('function', 'state', 'frequency', 'pull',
                                                        'owner', 'status')}
         payload = json.dumps(attributes, separators=(',', ':'))

@@ -65,6 +65,14 @@ else:                                   # pragma: no cover - Python 3.9, 3.10
     import tomli as tomllib
 
 ROLES = ('switch', 'light', 'impulse', 'input', 'observed')
+#: Home Assistant's binary sensor classes (it refuses a discovery message with another).
+DEVICE_CLASSES = ('battery', 'battery_charging', 'carbon_monoxide', 'cold', 'connectivity',
+                  'door', 'garage_door', 'gas', 'heat', 'light', 'lock', 'moisture', 'motion',
+                  'moving', 'occupancy', 'opening', 'plug', 'power', 'presence', 'problem',
+                  'running', 'safety', 'smoke', 'sound', 'tamper', 'update', 'vibration',
+                  'window')
+#: Server names taken by the bridge's own topics (remoteio/bridge/availability).
+RESERVED = ('bridge',)
 PULLS = ('up', 'down', 'floating')
 #: Names of servers and topic levels: letters, digits, - and _ (they go into topics and ids).
 _NAME = re.compile(r'^[A-Za-z0-9_-]{1,64}$')
@@ -141,13 +149,15 @@ def load(path):
         raise ConfigError(f'cannot read the configuration {path}: {exc.strerror}') from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f'{path} is not valid TOML: {exc}') from None
-    return parse(data, base_dir=os.path.dirname(os.path.abspath(path)))
+    name = os.path.splitext(os.path.basename(path))[0]
+    return parse(data, base_dir=os.path.dirname(os.path.abspath(path)), name=name)
 
 
-def parse(data, base_dir='.'):
-    """The :class:`Config` from *data* (a parsed TOML document)."""
+def parse(data, base_dir='.', name='bridge'):
+    """The :class:`Config` from *data* (a parsed TOML document); *name* (the file's)
+    goes into the default client id, so two bridges on one machine do not share one."""
     _only(data, 'the configuration', {'broker', 'topics', 'servers', 'pins'})
-    broker = _broker(_table(data, 'broker', 'the configuration'), base_dir)
+    broker = _broker(_table(data, 'broker', 'the configuration'), base_dir, name)
     topics = _table(data, 'topics', 'the configuration')
     _only(topics, '[topics]', {'base', 'discovery'})
     base = _string(topics, 'base', '[topics]', 'remoteio')
@@ -158,6 +168,10 @@ def parse(data, base_dir='.'):
                               f'and not starting or ending with /')
     if not base:
         raise ConfigError('[topics] base must not be empty')
+    if discovery and (base == discovery or base.startswith(discovery + '/')
+                      or discovery.startswith(base + '/')):
+        raise ConfigError(f'[topics] base {base!r} and discovery {discovery!r} must not '
+                          f'overlap')
     servers = {}
     for name, table in _table(data, 'servers', 'the configuration').items():
         servers[name] = _server(name, table, base_dir)
@@ -182,7 +196,7 @@ def parse(data, base_dir='.'):
 
 # The parts -----------------------------------------------------------------------------
 
-def _broker(table, base_dir):
+def _broker(table, base_dir, name):
     where = '[broker]'
     _only(table, where, {'host', 'port', 'username', 'password', 'password_file', 'tls',
                          'ca_file', 'client_id', 'keepalive'})
@@ -194,7 +208,8 @@ def _broker(table, base_dir):
     password = _secret(table, 'password', where, base_dir)
     if password is not None and username is None:
         raise ConfigError(f'{where}: a password needs a username')
-    client_id = _string(table, 'client_id', where, f'remoteio-bridge-{socket.gethostname()}')
+    client_id = _string(table, 'client_id', where,
+                        f'remoteio-{socket.gethostname()}-{name}')
     return Broker(host=_string(table, 'host', where, 'localhost'),
                   port=_int(table, 'port', where, 8883 if tls else 1883, 1, 65535),
                   username=username, password=password, tls=tls, ca_file=ca_file,
@@ -207,6 +222,9 @@ def _server(name, table, base_dir):
     if not _NAME.match(name):
         raise ConfigError(f'{where}: a server name is letters, digits, - and _ (it goes '
                           f'into topics and ids)')
+    if name in RESERVED:
+        raise ConfigError(f'{where}: {name!r} is the bridge\'s own topic; name the server '
+                          f'otherwise')
     if not isinstance(table, dict):
         raise ConfigError(f'{where} must be a table')
     _only(table, where, {'host', 'port', 'token', 'token_file', 'tls', 'ca_file'})
@@ -255,7 +273,11 @@ def _pin(index, table, servers):
             raise ConfigError(f'{where}: active_high goes with pull = "floating" only (a pull '
                               f'up makes the input active low, a pull down active high)')
     if 'device_class' in table:
-        fields['device_class'] = _string(table, 'device_class', where, None)
+        device_class = _string(table, 'device_class', where, None)
+        if device_class not in DEVICE_CLASSES:
+            raise ConfigError(f'{where}: device_class {device_class!r} is not one of Home '
+                              f'Assistant\'s binary sensor classes ({", ".join(DEVICE_CLASSES)})')
+        fields['device_class'] = device_class
     return Pin(**fields)
 
 
@@ -320,8 +342,12 @@ def _secret(table, key, where, base_dir):
         raise ConfigError(f'{where}: give {key} or {key}_file, not both')
     if f'{key}_file' in table:
         path = _path(table, f'{key}_file', where, base_dir)
-        with open(path, encoding='utf-8') as f:
-            value = f.readline().strip()
+        try:
+            with open(path, encoding='utf-8') as f:
+                value = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f'{where}: cannot read {key}_file {path!r}: '
+                              f'{getattr(exc, "strerror", None) or exc}') from None
         if not value:
             raise ConfigError(f'{where}: {key}_file {path!r} is empty')
         return value

@@ -12,6 +12,7 @@ Plain topics, under the base (default ``remoteio``)::
     remoteio/<server>/<gpio>/state   ON | OFF; a light: JSON   retained
     remoteio/<server>/<gpio>/set     ON | OFF | PRESS; a light: JSON or ON/OFF/0..255
     remoteio/<server>/<gpio>/attributes   JSON (observed pins)  retained
+    remoteio/<server>/<gpio>/availability online | offline (another client has the pin)
 
 Discovery (default prefix ``homeassistant``), retained::
 
@@ -23,6 +24,8 @@ import json
 from remoteio_factory._version import __version__
 
 ON, OFF, PRESS = 'ON', 'OFF', 'PRESS'
+#: An observed pin the server has never driven (Home Assistant: unknown).
+UNKNOWN = 'None'
 ONLINE, OFFLINE = 'online', 'offline'
 #: The effects a light runs on the server (timed there, not by the bridge).
 EFFECTS = ('pulse', 'blink')
@@ -51,6 +54,10 @@ class Topics:
 
     def set(self, pin):
         return f'{self.base}/{pin.key}/set'
+
+    def pin_availability(self, pin):
+        """``offline`` while another client has the pin (the bridge could not claim it)."""
+        return f'{self.base}/{pin.key}/availability'
 
     def attributes(self, pin):
         return f'{self.base}/{pin.key}/attributes'
@@ -98,7 +105,8 @@ def discovery_config(topics, pin, server, info=None):
         'device': device(server, info),
         'origin': ORIGIN,
         'availability': [{'topic': topics.bridge_availability},
-                         {'topic': topics.availability(pin.server)}],
+                         {'topic': topics.availability(pin.server)},
+                         {'topic': topics.pin_availability(pin)}],
         'availability_mode': 'all',
         'payload_available': ONLINE,
         'payload_not_available': OFFLINE,
@@ -111,7 +119,7 @@ def discovery_config(topics, pin, server, info=None):
         payload.update(schema='json', state_topic=topics.state(pin),
                        command_topic=topics.set(pin), supported_color_modes=['brightness'],
                        brightness=True, brightness_scale=255, effect=True,
-                       effect_list=list(EFFECTS))
+                       effect_list=list(EFFECTS), flash=False, transition=False)
     elif role == 'impulse':
         payload.update(command_topic=topics.set(pin), payload_press=PRESS)
     else:                                      # input, observed
@@ -125,10 +133,9 @@ def discovery_config(topics, pin, server, info=None):
 
 def light_state(on, brightness, effect=None):
     """A light's state payload (Home Assistant's JSON schema)."""
-    state = {'state': ON if on else OFF, 'color_mode': 'brightness',
-             'brightness': int(brightness)}
-    if effect:
-        state['effect'] = effect
+    state = {'state': ON if on else OFF, 'color_mode': 'brightness', 'effect': effect or None}
+    if not effect:                  # (while an effect runs, its level is the effect's)
+        state['brightness'] = int(brightness)
     return json.dumps(state, separators=(',', ':'))
 
 
