@@ -166,21 +166,31 @@ class Rig:
         for _ in range(count):
             level ^= 1
             self.send(gpio, level)
-        done = self.applied_last(gpio, level, count)
-        lost = count - (self.writes(gpio) - before)
-        return count / (done - sent), lost, level
+        done, applied = self.applied_all(gpio, level, before + count, count)
+        return count / (done - sent), count - (applied - before), level
 
-    def applied_last(self, gpio, level, count):
-        """The time the last of *count* commands was applied (its writes counter says so)."""
+    def applied_all(self, gpio, level, target, count):
+        """
+        (our clock's time of the last transition, the writes counter) once the server's
+        writes counter of *gpio* has reached *target* and the witness shows the last level;
+        at the deadline, whatever has been applied by then.
+        """
         deadline = time.monotonic() + COMMAND_TIMEOUT + count / 500
         last = None
+        applied = self.writes(gpio)
         while time.monotonic() < deadline:
-            for change in self.witness.wait_changes(timeout=0.2):
+            for change in self.witness.wait_changes(timeout=0.05):
                 if change.get('pin') == gpio and 't' in change and 'state' in change:
                     last = change['t'] - self.offset
-            if last is not None and self.witness_settled(gpio, level):
-                return last
-        raise RuntimeError(f'the burst on GPIO{gpio} did not end: {self._bridge_said()}')
+            if applied < target:
+                applied = self.writes(gpio)
+            elif last is not None and self.witness_settled(gpio, level):
+                for change in self.witness.wait_changes(timeout=0):     # (any still here)
+                    if change.get('pin') == gpio and 't' in change and 'state' in change:
+                        last = change['t'] - self.offset
+                return last, applied
+        # Some never came: counted as lost (the figure's target is 0), timed to the deadline.
+        return time.monotonic(), self.writes(gpio)
 
     def witness_settled(self, gpio, level):
         for pin in self.witness.status()['pins']:
