@@ -42,17 +42,20 @@ COMMAND_TIMEOUT = 5.0
 
 
 def mosquitto_binary():
+    """Debian's Mosquitto (in /usr/sbin, often not on a user's PATH), or None."""
     return shutil.which('mosquitto') or (
         '/usr/sbin/mosquitto' if os.access('/usr/sbin/mosquitto', os.X_OK) else None)
 
 
-def _free_port():
+def free_port():
+    """A TCP port free on the loopback now."""
     with socket.socket() as s:
         s.bind((harness.HOST, 0))
         return s.getsockname()[1]
 
 
-def _wait_port(port, process, timeout=20):
+def wait_port(port, process, timeout=20):
+    """Return once something listens on *port*; RuntimeError if *process* ends first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -76,7 +79,7 @@ class Rig:
         self.directory = tempfile.mkdtemp(prefix='remoteio-bench-mqtt-')
         self.processes = []
         self.clients = []
-        port = _free_port()
+        port = free_port()
         conf = os.path.join(self.directory, 'mosquitto.conf')
         with open(conf, 'w') as f:
             # (no limit on queued QoS 1 messages: the throughput figure sends a burst)
@@ -86,7 +89,7 @@ class Rig:
         broker = subprocess.Popen([binary, '-c', conf], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         self.processes.append(broker)
-        _wait_port(port, broker)
+        wait_port(port, broker)
         config = os.path.join(self.directory, 'bridge.toml')
         with open(config, 'w') as f:
             f.write(f'[broker]\nhost = "{harness.HOST}"\nport = {port}\n'

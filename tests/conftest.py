@@ -113,15 +113,21 @@ class ServerProcess:
         return self.process.poll() is None
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, sig, timeout)
         self.process.stdout.close()
         return self.process.returncode
+
+
+def stop_process(process, sig=signal.SIGTERM, timeout=15):
+    """Send *sig* to *process* (if it runs), wait, kill it after *timeout*; its exit status."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def _server_env(base=None):

@@ -7,9 +7,7 @@ itself (``remoteio mqtt CONFIG``) as a subprocess.
 import getpass
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,31 +16,8 @@ import time
 
 import pytest
 
-START_TIMEOUT = 20
-
-
-def mosquitto_binary():
-    return shutil.which('mosquitto') or (
-        '/usr/sbin/mosquitto' if os.access('/usr/sbin/mosquitto', os.X_OK) else None)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=START_TIMEOUT, process=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f'exited with status {process.returncode}')
-        try:
-            socket.create_connection(('127.0.0.1', port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f'nothing listens on port {port} after {timeout} s')
+from bench.mqtt import free_port, mosquitto_binary, wait_port
+from conftest import stop_process
 
 
 class Broker:
@@ -79,7 +54,7 @@ class Broker:
         self.process = subprocess.Popen([mosquitto_binary(), '-c', self.conf],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            wait_port(self.port, process=self.process)
+            wait_port(self.port, self.process)
         except RuntimeError as exc:
             raise RuntimeError(f'Mosquitto did not start ({exc}): '
                                f'{self.process.stderr.read().decode(errors="replace")}') from None
@@ -181,14 +156,7 @@ class BridgeProcess:
         return ''.join(self.log)
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, sig, timeout)
 
 
 def scratch():
