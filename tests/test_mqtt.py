@@ -517,3 +517,13 @@ def test_check_reports_a_bad_file(tmp_path):
                              '--check'], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert 'port must be a whole number from 1 to 65535' in result.stderr
+
+
+def test_the_example_configuration_is_valid():
+    import sys
+    from pathlib import Path
+    example = Path(__file__).resolve().parent.parent / 'examples' / 'mqtt-bridge.toml'
+    result = subprocess.run([sys.executable, '-m', 'remoteio_factory.cli', 'mqtt', str(example),
+                             '--check'], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert '5 pins on 2 servers' in result.stdout
