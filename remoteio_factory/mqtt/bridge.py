@@ -148,9 +148,11 @@ class Bridge:
         if not self.stopping.is_set():
             log.warning('lost the MQTT broker (%s); reconnecting', reason_code)
 
-    def announce(self):
-        """Send every pin's discovery config (Home Assistant; retained)."""
+    def announce(self, server=None):
+        """Send every pin's discovery config (of *server*'s pins only, if given; retained)."""
         for pin in self.config.pins:
+            if server is not None and pin.server != server:
+                continue
             topic = self.topics.discovery(pin)
             if topic is not None:
                 link = self.links[pin.server]
@@ -426,11 +428,13 @@ class ServerLink:
     def _set_online(self, online):
         if online != self.online or online:
             self.online = online
+            if online:
+                # Its device block now knows the board; its states: what was restored. Both
+                # before "online", so that whoever sees it online sees them.
+                self.bridge.announce(self.server.name)
+                self._republish_now()
             self.bridge.publish(self.topics.availability(self.server.name),
                                 ONLINE if online else OFFLINE, retain=True)
-            if online:
-                self.bridge.announce()      # the device block now knows the board
-                self._republish_now()
 
     def publish_availability(self):
         """From any thread: the server's and the pins' availability, as they are now."""
