@@ -294,15 +294,18 @@ class ClaimedPin:
                     self._send_held()
                 self.worker.conn.send_bytes(data)
             except OSError as exc:
-                # Gone, or stopped reading (the send timed out, maybe half-way through a
-                # message): either way it is of no more use. Its reader sees the end and
-                # fails what is pending.
-                # (A worker that has just ended after a release is no news.)
-                log.log(logging.ERROR if self.status is PinStatus.CLAIMED else logging.DEBUG,
-                        'GPIO%d: cannot reach its worker (%s); ending it', self.gpio, exc)
-                self.worker.terminate()
+                self._unreachable(exc)
         finally:
             self._send_lock.release()
+
+    def _unreachable(self, exc):
+        # Gone, or stopped reading (the send timed out, maybe half-way through a
+        # message): either way it is of no more use. Its reader sees the end and
+        # fails what is pending.
+        # (A worker that has just ended after a release is no news.)
+        log.log(logging.ERROR if self.status is PinStatus.CLAIMED else logging.DEBUG,
+                'GPIO%d: cannot reach its worker (%s); ending it', self.gpio, exc)
+        self.worker.terminate()
 
     def flush_held(self):
         """Send the requests the loop held back (see :meth:`Registry.hold_sends`)."""
@@ -312,9 +315,7 @@ class ClaimedPin:
             try:
                 self._send_held()
             except OSError as exc:
-                log.log(logging.ERROR if self.status is PinStatus.CLAIMED else logging.DEBUG,
-                        'GPIO%d: cannot reach its worker (%s); ending it', self.gpio, exc)
-                self.worker.terminate()
+                self._unreachable(exc)
 
     def _send_held(self):
         held, self._held = self._held, []
