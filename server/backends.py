@@ -37,7 +37,39 @@ CAPABILITIES = {
 DEFAULT_MOCK_REVISION = 'a02082'
 
 
+#: The board's description (gpiozero's PiBoardInfo), built in the zygote before it forks
+#: the workers (:func:`prepare_board`): each worker's factory takes this one instead of
+#: building its own copy, which would be some 0.5 MiB of every worker's private memory.
+_BOARD = None
+
+
+def prepare_board(revision):
+    """Build the description of the board *revision* (hex) for the workers to share."""
+    global _BOARD
+    from gpiozero.pins.pi import PiBoardInfo
+    _BOARD = PiBoardInfo.from_revision(int(revision, 16))
+
+
+def _share_board(factory):
+    """Give *factory* the prepared board description, if it is its board and it has none yet."""
+    board = _BOARD
+    if board is None or getattr(factory, '_info', False) is not None:
+        return factory            # (not prepared, or a factory that keeps it elsewhere)
+    own = getattr(factory, '_revision', None)          # a MockFactory's
+    if own is None or f'{own:x}' == board.revision:
+        factory._info = board
+    return factory
+
+
 def build_factory(name, revision=None, auto=False):
+    """
+    Return a new gpiozero pin factory for backend *name*; see :func:`_build_factory`.
+    It describes the board with the description the zygote prepared, when there is one.
+    """
+    return _share_board(_build_factory(name, revision, auto))
+
+
+def _build_factory(name, revision=None, auto=False):
     """
     Return a new gpiozero pin factory for backend *name*. *revision* (a hex
     string) only applies to ``mock``; *auto*: the backend was (or is being)

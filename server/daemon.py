@@ -666,7 +666,7 @@ class Server:
         except ValueError:
             self._close_spawner()
             raise
-        self.spawner.use(backend, revision if backend == 'mock' else None)
+        self.spawner.use(backend, revision if backend == 'mock' else None, board=revision)
         self.registry = Registry(self.spawner, gpios, self.circuit, self.records)
         try:
             self._listener = self._listen()

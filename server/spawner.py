@@ -204,6 +204,20 @@ class Zygote:
         set_send_timeout(ours, WORKER_SEND_TIMEOUT)
         return reply['pid'], Connection(ours.detach())
 
+    def prepare(self, revision):
+        """Have the zygote build the board's description for its workers to share."""
+        request = json.dumps({'run': 'prepare', 'args': [revision]}).encode()
+        try:
+            with self._lock:
+                self.control.sendall(request)
+                line = self._replies.readline()
+        except OSError as exc:
+            raise WorkerStartError(f'the zygote is gone: {exc}') from None
+        reply = json.loads(line) if line else {'error': 'the zygote is gone'}
+        if not reply.get('ok'):
+            log.warning('the workers will each describe the board themselves: %s',
+                        reply.get('error'))
+
     def close(self):
         """Close the control socket: the zygote sees it and exits."""
         for closable in (self._replies, self.control):
@@ -228,6 +242,7 @@ class Spawner:
         self._env = env
         self._records_fd = records.fd if records is not None else None
         self._requested = None        # what probe() was asked for (auto, or a backend)
+        self._board = None            # the board revision the zygote describes for workers
         self._zygote = Zygote(env, self._records_fd)
         self._zygote_lock = threading.Lock()
         self._ready = []
@@ -258,9 +273,14 @@ class Spawner:
             raise WorkerStartError(reply[1])
         return reply[1], reply[2], reply[3]
 
-    def use(self, backend, revision):
-        """Start workers for *backend* from now on."""
-        self.backend, self.revision = backend, revision
+    def use(self, backend, revision, board=None):
+        """
+        Start workers for *backend* from now on (*revision*: the mock board's); *board*:
+        the revision of the board they run on, described once for all of them.
+        """
+        self.backend, self.revision, self._board = backend, revision, board
+        if board is not None:
+            self._zygote.prepare(board)
 
     # Workers ---------------------------------------------------------------
 
@@ -284,6 +304,8 @@ class Spawner:
                           zygote.process.pid, zygote.process.returncode)
                 zygote.close()
                 self._zygote = Zygote(self._env, self._records_fd)
+                if self._board is not None:
+                    self._zygote.prepare(self._board)
             zygote = self._zygote
         return zygote.run(target, *args)
 

@@ -18,7 +18,10 @@ Its command line names the control socket and, optionally, the file holding
 the pins' shared records (:mod:`.records`), which it maps once: every worker
 it forks inherits the mapping.
 
-Requests are one JSON line: ``{"run": "worker"|"probe", "args": [...]}``.
+Requests are one JSON line: ``{"run": "worker"|"probe", "args": [...]}``;
+and, with no socket, ``{"run": "prepare", "args": [revision]}``: build the
+description of the server's board once, here, for every worker forked after
+it to share (:func:`backends.prepare_board`).
 """
 
 import array
@@ -79,7 +82,7 @@ def _receive(control):
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[:len(data) - (len(data) % fds.itemsize)])
     request = json.loads(message)
-    return request['run'], request['args'], fds[0]
+    return request['run'], request['args'], fds[0] if fds else None
 
 
 def _child(control, target, args, fd):
@@ -108,8 +111,20 @@ def serve(control):
         if request is None:
             return
         target, args, fd = request
-        if target not in TARGETS:
-            os.close(fd)
+        if target == 'prepare' and fd is None:
+            try:
+                backends.prepare_board(*args)
+            except Exception as exc:                 # (workers then build their own)
+                reply = {'error': f'{type(exc).__name__}: {exc}'}
+            else:
+                gc.collect()
+                gc.freeze()                          # shared with the workers, as the rest
+                reply = {'ok': True}
+            control.sendall(json.dumps(reply).encode() + b'\n')
+            continue
+        if target not in TARGETS or fd is None:
+            if fd is not None:
+                os.close(fd)
             control.sendall(b'{"error": "unknown target"}\n')
             continue
         pid = os.fork()

@@ -77,6 +77,30 @@ def test_a_killed_zygote_is_replaced(fresh_server):
         factory.close()
 
 
+def test_workers_share_the_board_description_the_zygote_prepared():
+    """
+    backends.prepare_board (run in the zygote before it forks) and build_factory (in a
+    worker): the factory of the prepared board takes the prepared description, which
+    the workers then share; one of another board keeps its own.
+    """
+    from remoteio_server import backends
+    saved = backends._BOARD
+    try:
+        backends.prepare_board('a02082')
+        same = backends.build_factory('mock', 'a02082')
+        other = backends.build_factory('mock', 'a020d3')
+        try:
+            assert same.board_info is backends._BOARD
+            assert same.pin(17).info.name == 'GPIO17'
+            assert other.board_info is not backends._BOARD
+            assert other.board_info.revision == 'a020d3'
+        finally:
+            same.close()
+            other.close()
+    finally:
+        backends._BOARD = saved
+
+
 def test_a_dead_spare_is_never_handed_out(fresh_server):
     server = fresh_server('--spares', '2')
     wait_for(lambda: len(spares_of(server)) == 2, message='two spare workers')
