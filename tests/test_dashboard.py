@@ -56,6 +56,8 @@ def until(page, expression, timeout=5.0):
     Wait until *expression* (JavaScript) is true in the page. Evaluated through
     the DevTools protocol, not in the page: the page's Content-Security-Policy
     forbids eval, as it should, and Playwright's own wait_for_function uses it.
+    The page draws on its next animation frame: an element may not be there yet
+    (hence ``?.`` in the expressions that look for one).
     """
     wait_for(lambda: page.evaluate(expression), timeout=timeout, interval=0.02,
              message=expression)
@@ -73,12 +75,12 @@ def test_an_led_turned_on_by_a_client_shows_within_half_a_second(browser, board)
         led = LED(17, pin_factory=factory)
         started = time.monotonic()
         led.on()
-        until(page, "document.querySelector('td.level[data-gpio=\"17\"]').innerText.includes('high')", timeout=2.0)
+        until(page, "document.querySelector('td.level[data-gpio=\"17\"]')?.innerText.includes('high')", timeout=2.0)
         assert time.monotonic() - started < 0.5
         os.makedirs(ARTIFACTS, exist_ok=True)
         page.screenshot(path=os.path.join(ARTIFACTS, 'dashboard.png'), full_page=True)
         led.off()
-        until(page, "document.querySelector('td.level[data-gpio=\"17\"]').innerText.includes('low')", timeout=2.0)
+        until(page, "document.querySelector('td.level[data-gpio=\"17\"]')?.innerText.includes('low')", timeout=2.0)
     finally:
         factory.close()
         page.close()
@@ -139,7 +141,7 @@ def test_a_read_only_token_sees_but_cannot_drive(browser, tmp_path):
         until(page, 'window.remoteioState && window.remoteioState.status !== null')
         led = LED(17, pin_factory=factory)
         led.on()
-        until(page, "document.querySelector('td.level[data-gpio=\"17\"]').innerText.includes('high')")
+        until(page, "document.querySelector('td.level[data-gpio=\"17\"]')?.innerText.includes('high')")
         assert page.locator('button[data-drive]').count() == 0      # no controls
         status = page.evaluate("""async () => (await fetch('/api/drive', {method: 'POST',
             headers: {'Content-Type': 'application/json'},
