@@ -35,6 +35,8 @@ DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_TIMEOUT = 10.0
 #: How long close() waits for the server to confirm it has everything.
 CLOSE_TIMEOUT = 2.0
+#: How long a refused hello waits for the reader to hand over the server's reason.
+REASON_WAIT = 1.0
 
 #: The client's clock: gpiozero's ticks, and the one edge times are converted to.
 #: time.monotonic() on Linux and macOS; on Windows before Python 3.13 that ticks in
@@ -194,7 +196,15 @@ class Connection:
         try:
             try:
                 self.hello = self.request('hello', timeout=connect_timeout, **hello)
-            except RemoteIOConnectionError:
+            except RemoteIOConnectionError as exc:
+                if not self._server_reason and self._broken is not None:
+                    # The send may fail (the server closed) while our reader still holds
+                    # the server's last words, the reason for its refusal: they come
+                    # before its end, at which the reader stops.
+                    self._reader.join(min(connect_timeout, REASON_WAIT))
+                    if self._server_reason:
+                        raise RemoteIOConnectionError(
+                            f'{exc}: {self._server_reason}') from None
                 if self._server_reason:
                     raise           # a remoteio server that refused us, and said why
                 raise RemoteIOConnectionError(self._no_hello(connect_timeout, tls)) from None
