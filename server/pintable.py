@@ -792,8 +792,11 @@ class Registry:
     def snapshot(self, history):
         """Every pin the server has driven since it started, as status dicts."""
         with self._lock:
+            # (GONE too: a pin whose worker has ended is still in the table until it has
+            # been reaped and freed, and must not be missing from the list meanwhile)
             claimed = list({id(p): p for p in self._claimed.values()
-                            if p.status in (PinStatus.CLAIMED, PinStatus.RELEASING)}.values())
+                            if p.status in (PinStatus.CLAIMED, PinStatus.RELEASING,
+                                            PinStatus.GONE)}.values())
             released = dict(self._released)
         replies = []
         for pin in claimed:
@@ -802,6 +805,7 @@ class Registry:
             replies.append((pin, reply))
         pins = {}
         for pin, reply in replies:
+            owner = pin.owner.id if pin.owner is not None else None
             try:
                 info = reply.wait(2.0)
             except (ProtocolError, TimeoutError) as exc:
@@ -815,12 +819,12 @@ class Registry:
                     info = {'function': None, 'state': None, 'frequency': None, 'pull': None,
                             'history': [], 'error': str(exc)}
                     for gpio, entry in pin.entries(info).items():
-                        pins[gpio] = dict(entry, gpio=gpio, owner=pin.owner.id,
+                        pins[gpio] = dict(entry, gpio=gpio, owner=owner,
                                           status=PinStatus.RELEASING)
                     continue
                 info = {'error': str(exc)}
             for gpio, entry in pin.entries(info).items():
-                pins[gpio] = dict(entry, gpio=gpio, owner=pin.owner.id, status=pin.status)
+                pins[gpio] = dict(entry, gpio=gpio, owner=owner, status=pin.status)
         for gpio, info in released.items():
             if gpio not in pins:
                 info = dict(info, gpio=gpio, owner=None, status='free')
