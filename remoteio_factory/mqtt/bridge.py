@@ -212,9 +212,10 @@ class ServerLink:
                 self.wanted[pin.gpio] = False
             elif pin.role == 'light':
                 self.wanted[pin.gpio] = (False, 255, None)
-        # The last state (and attributes) published per pin; reading a pin and publishing
-        # what it read happen under the lock, so an older value never lands last.
+        # The last state, and attributes (observed pins), published per pin; reading a pin
+        # and publishing what it read happen under the lock, so an older value never lands last.
         self._published = {}
+        self._attributes = {}
         self._publishing = threading.RLock()
         self._dropped = 0                # commands dropped: too many waiting
         self._impulses = set()           # gpios whose impulse runs
@@ -496,9 +497,8 @@ class ServerLink:
                 self._try_open(pin)
 
     def _light_wanted(self, pin, command):
-        on, brightness, effect = self.wanted[pin.gpio]
         on = command['state'] == ON
-        brightness = command.get('brightness', brightness)
+        brightness = command.get('brightness', self.wanted[pin.gpio][1])
         if 'brightness' in command and command['brightness'] == 0:
             on = False
         if on and brightness == 0:
@@ -553,6 +553,11 @@ class ServerLink:
             self._published[pin.gpio] = payload
             self.bridge.publish(self.topics.state(pin), payload, retain=True)
 
+    def _publish_attributes(self, pin, payload):
+        with self._publishing:
+            self._attributes[pin.gpio] = payload
+            self.bridge.publish(self.topics.attributes(pin), payload, retain=True)
+
     def _republish_now(self):
         """Every pin's last state again (after the broker or the server came back)."""
         with self._publishing:
@@ -566,10 +571,8 @@ class ServerLink:
                         self._publish_state(pin, ON if pin.gpio in self._impulses else OFF)
                 elif pin.gpio in self._published:
                     self._publish_state(pin, self._published[pin.gpio])
-                    key = ('attributes', pin.gpio)
-                    if key in self._published:
-                        self.bridge.publish(self.topics.attributes(pin), self._published[key],
-                                            retain=True)
+                    if pin.gpio in self._attributes:
+                        self._publish_attributes(pin, self._attributes[pin.gpio])
             self.publish_availability()
 
     def _watch(self, observation):
@@ -596,10 +599,8 @@ class ServerLink:
         attributes = {key: entry.get(key) for key in ('function', 'state', 'frequency', 'pull',
                                                        'owner', 'status')}
         payload = json.dumps(attributes, separators=(',', ':'))
-        key = ('attributes', pin.gpio)
-        if self._published.get(key) != payload:
-            self._published[key] = payload
-            self.bridge.publish(self.topics.attributes(pin), payload, retain=True)
+        if self._attributes.get(pin.gpio) != payload:
+            self._publish_attributes(pin, payload)
 
 
 # Helpers -----------------------------------------------------------------------------------
