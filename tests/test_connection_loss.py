@@ -43,7 +43,10 @@ BLOCKED_SCRIPT = """
                 button.value
         except RemoteIOConnectionError as exc:
             print('reader:', type(exc).__name__, flush=True)
-    threading.Thread(target=reader, daemon=True).start()
+    # Not a daemon: the interpreter waits for it at exit, so its line is printed even when
+    # the main thread gets the error first (a daemon thread is stopped wherever it is then);
+    # if its call were never woken, the script would not exit and the test would fail.
+    threading.Thread(target=reader).start()
     print('ready', flush=True)
     {blocker}
     print('the blocking call returned', flush=True)
