@@ -18,6 +18,8 @@ import socket
 import struct
 import tempfile
 
+from remoteio_server.board import describe
+
 log = logging.getLogger('remoteio_server.backends')
 
 #: The backends ``--backend`` accepts, in the order ``auto`` tries the real ones
@@ -256,9 +258,10 @@ class NoBackend(RuntimeError):
 def probe(name, revision=None):
     """
     Resolve *name* (``auto`` or a backend) to a working backend. Returns
-    ``(backend, revision_hex, reasons)`` where *reasons* lists why the
-    backends tried before it did not work. Builds and closes one factory per
-    backend tried; meant to run in a throw-away process.
+    ``(backend, board, reasons)`` where *board* describes the board
+    (:func:`.board.describe`: the server's process has no gpiozero) and
+    *reasons* lists why the backends tried before it did not work. Builds and
+    closes one factory per backend tried; meant to run in a throw-away process.
     """
     candidates = AUTO_ORDER if name == 'auto' else (name,)
     reasons = []
@@ -266,13 +269,13 @@ def probe(name, revision=None):
         try:
             factory = build_factory(candidate, revision, auto=name == 'auto')
             try:
-                board_revision = factory.board_info.revision
+                board = describe(factory.board_info)
             finally:
                 factory.close()
         except Exception as exc:  # any failure means: not usable here
             reasons.append(f'{candidate}: {type(exc).__name__}: {exc}')
             continue
-        return candidate, board_revision, reasons
+        return candidate, board, reasons
     if name != 'auto':
         raise RuntimeError(f'backend {name} does not work on this machine: {reasons[0]}')
     model = on_raspberry_pi()
@@ -285,4 +288,4 @@ def probe(name, revision=None):
             '/dev/gpiochip* (group gpio) and that lgpio may write its working directory '
             '(LG_WD). To run on simulated pins anyway, say --backend mock.')
     factory = build_factory('mock', revision)
-    return 'mock', factory.board_info.revision, reasons
+    return 'mock', describe(factory.board_info), reasons

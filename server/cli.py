@@ -332,8 +332,8 @@ def main(argv=None):
             host = f'[{host}]' if ':' in host else host
             dashboard = f' dashboard={scheme}://{host}:{server.dashboard.port}/'
         print(f'remoteio-server ready on {server.host}:{server.port} '
-              f'backend={server.backend} board={server.board_info.revision} '
-              f'model={server.board_info.model} mode={server.mode}{dashboard}', flush=True)
+              f'backend={server.backend} board={server.board.revision} '
+              f'model={server.board.model} mode={server.mode}{dashboard}', flush=True)
 
     try:
         run_server(port=args.port, mode=args.mode, host=args.host, backend=args.backend,

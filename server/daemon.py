@@ -45,13 +45,13 @@ import time
 from collections import deque
 from itertools import islice
 
-from gpiozero.pins.pi import PiBoardInfo
 
 from remoteio_factory import protocol
 from remoteio_factory.protocol import MODES
 from remoteio_factory._version import __version__
 from remoteio_server import backends, circuit, spi
 from remoteio_server.access import AccessPolicy, peer_address
+from remoteio_server.board import Board
 from remoteio_server.pintable import Registry
 from remoteio_server.records import RecordTable
 from remoteio_server.session import (
@@ -124,16 +124,6 @@ _TCP_CLOSE = 7
 
 class ListenError(OSError):
     """The server cannot listen on the address it was given."""
-
-
-def board_gpios(board_info):
-    """Return ``{gpio_number: 'GPIO17', ...}`` for every GPIO on the board's headers."""
-    gpios = {}
-    for header in board_info.headers.values():
-        for info in header.pins.values():
-            if 'gpio' in info.interfaces:
-                gpios[int(info.name[4:])] = info.name
-    return gpios
 
 
 class Channel:
@@ -648,7 +638,7 @@ class Server:
         self.records = RecordTable()      # before the zygote: every worker inherits it
         self.spawner = Spawner(None, self.revision, self.spares, env=env, records=self.records)
         try:
-            backend, revision, reasons = self.spawner.probe(self.requested_backend)
+            backend, board, reasons = self.spawner.probe(self.requested_backend)
         except Exception:
             self._close_spawner()
             raise
@@ -659,8 +649,9 @@ class Server:
                         '(simulated pins, nothing is driven)')
         self.backend = backend
         self.capabilities = dict(backends.CAPABILITIES[backend])
-        self.board_info = PiBoardInfo.from_revision(int(revision, 16))
-        gpios = board_gpios(self.board_info)
+        self.board = Board(board)
+        revision = self.board.revision
+        gpios = self.board.gpios()
         try:
             self.circuit = self._build_circuit(gpios) if backend == 'mock' else None
         except ValueError:
@@ -1083,16 +1074,7 @@ class Server:
     # Information ---------------------------------------------------------------
 
     def board_dict(self):
-        info = self.board_info
-        return {
-            'revision': info.revision,
-            'model': info.model,
-            'pcb_revision': info.pcb_revision,
-            'released': info.released,
-            'soc': info.soc,
-            'manufacturer': info.manufacturer,
-            'memory': info.memory,
-        }
+        return dict(self.board.summary)
 
     def hello_info(self, session):
         return {
@@ -1100,7 +1082,7 @@ class Server:
             'server': 'remoteio-server',
             'version': __version__,
             'backend': self.backend,
-            'revision': self.board_info.revision,
+            'revision': self.board.revision,
             'mode': session.mode,
             'capabilities': self.capabilities,
             'session': session.id,
@@ -1118,12 +1100,8 @@ class Server:
             if part.kind == 'pot' and spi.MOCK_SELECTS[part.adc] not in spi.MOCK_DEVICES:
                 raise ValueError(f'--mock-part {part.name}: there is no simulated ADC on CE'
                                  f'{part.adc}: add --mock-spi mcp3008:{part.adc}')
-        fixed = {}
-        for header in self.board_info.headers.values():
-            for info in header.pins.values():
-                if 'gpio' in info.interfaces and info.pull == 'up':
-                    fixed[int(info.name[4:])] = 'up'
-        return circuit.Circuit(gpios, self.mock_wires, self.mock_parts, fixed)
+        return circuit.Circuit(gpios, self.mock_wires, self.mock_parts,
+                               self.board.fixed_pulls())
 
     def status(self, history=20):
         with self._lock:
@@ -1450,7 +1428,7 @@ def run_server(port=protocol.DEFAULT_PORT, mode='wait', host='0.0.0.0', backend=
         server.start()
         log.info('remoteio-server %s listening on %s:%d (backend %s, board %s, mode %s)',
                  __version__, server.host, server.port, server.backend,
-                 server.board_info.revision, server.mode)
+                 server.board.revision, server.mode)
         if server.access.protected:
             log.info('protected mode: no token, so only clients on this machine are served '
                      '(see --token-file)')

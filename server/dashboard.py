@@ -165,14 +165,12 @@ class Dashboard:
 
     def info(self, token):
         server = self.server
-        from remoteio_factory.watch import header_rows
-        header, rows = header_rows(server.board_info.revision)
+        header, rows = server.board.main_header()
 
-        def cell(info):
-            if info is None:
+        def cell(pin):
+            if pin is None:
                 return None
-            gpio = int(info.name[4:]) if 'gpio' in info.interfaces else None
-            return {'number': info.number, 'name': info.name, 'gpio': gpio}
+            return {'number': pin.number, 'name': pin.name, 'gpio': pin.gpio}
         return {
             'header': header,
             'rows': [[cell(left), cell(right)] for left, right in rows],

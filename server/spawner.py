@@ -256,7 +256,8 @@ class Spawner:
         """
         Resolve backend *name* (``auto`` included) in a throw-away process, so
         the server's process never opens a GPIO chip. Returns
-        ``(backend, revision_hex, reasons)``.
+        ``(backend, board, reasons)``: *board* the board's description
+        (:func:`.board.describe`).
         """
         self._requested = name
         pid, conn = self._run('probe', name, self.revision)

@@ -46,11 +46,11 @@ def probe_main(conn, name, revision):
     """Resolve a backend name and report it (see :func:`backends.probe`)."""
     workdir = worker.own_workdir()       # (lgpio's FIFOs: as a worker's, see there)
     try:
-        backend, board_revision, reasons = backends.probe(name, revision)
+        backend, board, reasons = backends.probe(name, revision)
     except Exception as exc:
         conn.send_bytes(json.dumps(['error', str(exc)]).encode())
     else:
-        conn.send_bytes(json.dumps(['ok', backend, board_revision, reasons]).encode())
+        conn.send_bytes(json.dumps(['ok', backend, board, reasons]).encode())
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)

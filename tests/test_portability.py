@@ -323,3 +323,39 @@ def test_the_client_never_imports_the_server():
                 found += [f'{name}:{node.lineno}: {m}' for m in modules
                           if m.split('.')[0] == 'remoteio_server']
     assert found == []
+
+
+def test_the_servers_main_process_does_not_load_gpiozero_or_the_client():
+    """
+    The server's main process imports only what both halves share (protocol,
+    tasks, transport): gpiozero is loaded by the workers, which drive the
+    pins, and was some 8 MiB of the main process's memory. The client's
+    names are still there for whoever imports them.
+    """
+    script = textwrap.dedent("""
+        import sys
+        import remoteio_server.cli, remoteio_server.daemon, remoteio_server.dashboard
+        loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'gpiozero'
+                        or m.startswith('remoteio_factory.') and m.split('.')[1]
+                        not in ('_version', 'protocol', 'tasks', 'transport'))
+        print(loaded)
+        import remoteio_factory
+        names = {name: getattr(remoteio_factory, name) for name in remoteio_factory.__all__}
+        print(sorted(set(remoteio_factory.__all__) - set(dir(remoteio_factory))))
+        from gpiozero.exc import GPIOPinInUse, PinError
+        from remoteio_factory import RemoteIOFactory, RemoteIOConnectionError
+        print(issubclass(RemoteIOConnectionError, PinError),
+              names['RemoteIOFactory'] is RemoteIOFactory)
+        try:
+            remoteio_factory.NoSuchName
+        except AttributeError as exc:
+            print('AttributeError', exc)
+    """)
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == '[]', f'loaded by the server: {lines[0]}'
+    assert lines[1] == '[]', f'in __all__ but not in dir(): {lines[1]}'
+    assert lines[2] == 'True True'
+    assert lines[3].startswith('AttributeError') and 'NoSuchName' in lines[3]
