@@ -13,6 +13,7 @@ server pushes go to the owner's callbacks. User code never runs on the
 reader thread.
 """
 
+import collections
 import hmac
 import itertools
 import logging
@@ -37,6 +38,15 @@ DEFAULT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 #: How long a refused hello waits for the reader to hand over the server's reason.
 REASON_WAIT = 1.0
+#: Posted requests get no answer, so a client could post faster than the server carries
+#: them out and pile up a backlog in the sockets' buffers (megabytes: seconds of work)
+#: in front of its own heartbeats and reads, until the connection counts as lost. Every
+#: POST_MARK posts the connection also sends a ``heartbeat``, which the server answers
+#: once it has read everything sent before it; a post waits while POST_MARKS_AHEAD of
+#: those are unanswered. The backlog stays under POST_MARK * (POST_MARKS_AHEAD + 1)
+#: requests, and the pipeline never runs dry.
+POST_MARK = 256
+POST_MARKS_AHEAD = 8
 
 #: The client's clock: gpiozero's ticks, and the one edge times are converted to.
 #: time.monotonic() on Linux and macOS; on Windows before Python 3.13 that ticks in
@@ -144,6 +154,9 @@ class Connection:
         self._waiters = {}
         self._tasks = {}
         self._send_lock = threading.Lock()
+        self._post_lock = threading.Lock()
+        self._posted = 0                  # posts since the last mark (see POST_MARK)
+        self._marks = collections.deque()  # the marks' waiters, oldest first
         self._closing = False
         self._forked = False
         self._broken = None
@@ -345,11 +358,39 @@ class Connection:
                 self._check()
 
     def post(self, op, **fields):
-        """Send a request without waiting; a failure is reported to on_error."""
+        """
+        Send a request without waiting; a failure is reported to on_error. Waits
+        only if the server is :data:`POST_MARK` * :data:`POST_MARKS_AHEAD` posts
+        behind; a server that does not catch up within the request timeout
+        counts as lost, as one that does not answer a heartbeat.
+        """
         if self._closing:
             return  # writes after close are dropped quietly (e.g. at exit)
         fields.update(id=next(self._ids), op=op, quiet=True)
         self._send(fields)
+        with self._post_lock:
+            self._posted += 1
+            if self._posted < POST_MARK:
+                return
+            self._posted = 0
+            try:
+                self._marks.append(self.send('heartbeat'))
+            except RemoteIOFactoryClosed:
+                return            # closing meanwhile: close() waits for what was sent
+            if len(self._marks) <= POST_MARKS_AHEAD:
+                return
+            oldest = self._marks.popleft()
+        try:
+            self.wait(oldest)
+        except RemoteIOConnectionError as exc:
+            if not self._closing and self._broken is None:
+                self._lost(f'the server did not catch up with the requests posted ({exc})')
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._check()
+            raise
 
     def task(self, **fields):
         """Send a ``task`` request; return its :class:`TaskHandle` once accepted."""
