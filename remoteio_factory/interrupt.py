@@ -29,6 +29,12 @@ from the blocking call.
 
 The error is delivered once: if the main thread gets it from a call on the
 factory first (:func:`delivered`), the signal that follows does nothing.
+
+On POSIX the signal is sent again while the error is still waiting to be
+raised (:data:`RESEND_AFTER`): ``signal.pause()`` checks for signals only
+after its system call returns, so a signal that arrives between Python's last
+check and the call is handled by the C handler, and ``pause`` then sleeps
+until the next one.
 """
 
 import _thread
@@ -36,6 +42,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 log = logging.getLogger('remoteio_factory')
 
@@ -44,6 +51,10 @@ _pending = []          # errors to raise in the main thread
 _sent = 0              # signals sent by interrupt() and not handled yet
 _signum = None         # POSIX: the signal whose handler is ours
 _delivered = set()     # messages the main thread has already had from a call
+
+#: POSIX: seconds after which the signal is sent again, one after another, while the
+#: error has not been raised in the main thread (see the module's docstring).
+RESEND_AFTER = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 def _take():
@@ -110,6 +121,8 @@ def interrupt(error):
     if hasattr(signal, 'pthread_kill'):
         if _signum is not None and signal.getsignal(_signum) is _on_signal:
             signal.pthread_kill(main.ident, _signum)
+            threading.Thread(target=_resend, args=(main, _signum), daemon=True,
+                             name='remoteio-interrupt').start()
             return
         # No handler of ours: end the program as Ctrl+C would, and say why first.
         log.error('%s', error)
@@ -125,6 +138,21 @@ def interrupt(error):
     else:
         log.error('%s', error)
     _thread.interrupt_main()
+
+
+def _resend(main, signum):
+    """Send *signum* to *main* again while an error waits for it (see RESEND_AFTER)."""
+    global _sent
+    for delay in RESEND_AFTER:
+        time.sleep(delay)
+        with _lock:
+            if not _pending or not main.is_alive():
+                return
+            _sent += 1
+        try:
+            signal.pthread_kill(main.ident, signum)
+        except (AttributeError, OSError, ValueError):    # (ended meanwhile)
+            return
 
 
 def delivered(message):

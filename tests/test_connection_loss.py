@@ -103,6 +103,38 @@ def test_without_reconnecting_a_loss_ends_the_script_at_once(fresh_server):
     assert f'127.0.0.1:{server.port}' in last and 'REMOTEIO_RECONNECT' in last, last
 
 
+@pytest.mark.skipif(not hasattr(signal, 'pthread_kill'), reason='POSIX signals')
+def test_a_signal_the_main_thread_missed_is_sent_again(fresh_server):
+    """
+    signal.pause() checks for signals only after its system call: one that arrives just
+    before is handled by the C handler and pause() sleeps on. Here the main thread takes
+    the first signal itself (sigwait, the signal blocked) as if pause() had missed it; the
+    error must still reach it, from the signal sent again.
+    """
+    server = fresh_server()
+    script = start_script(server, """
+        import signal
+        from gpiozero import LED
+        from remoteio_factory import interrupt
+        led = LED(17)
+        ours = interrupt._signum
+        signal.pthread_sigmask(signal.SIG_BLOCK, {ours})
+        print('ready', flush=True)
+        signal.sigwait({ours})                 # the first signal, swallowed
+        print('swallowed', flush=True)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {ours})
+        signal.pause()
+        print('pause returned', flush=True)
+    """, env=server.env(REMOTEIO_RECONNECT='0'))
+    server.stop(sig=signal.SIGKILL)
+    returncode, stdout, stderr = finish(script, 20)
+    assert 'swallowed' in stdout and 'pause returned' not in stdout, stdout
+    assert returncode != 0
+    assert stderr.count('Traceback') == 1, stderr
+    assert stderr.strip().splitlines()[-1].startswith(
+        'remoteio_factory.exc.RemoteIOConnectionError: '), stderr
+
+
 def test_a_main_thread_waiting_in_a_call_gets_the_error_once(fresh_server):
     server = fresh_server()
     script = start_script(server, """
