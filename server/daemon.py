@@ -101,6 +101,9 @@ KILL_GRACE = 3.0
 SPAWNER_CLOSE = 2.0
 #: Seconds between two log lines of the same kind of trouble caused by peers.
 LOG_INTERVAL = 10.0
+#: The least time between two returns of the C heap's free pages (malloc_trim) while
+#: clients are still connected.
+TRIM_INTERVAL = 5.0
 #: The interpreter's thread switch interval while the server runs (Python's default
 #: is 5 ms): the loop, which answers every client, waits at most this long for the
 #: GIL behind a thread that is busy (building a large status reply, say).
@@ -629,12 +632,14 @@ class Server:
         self._finished = False
         self._limited = {}            # warn_limited: key -> (last logged, suppressed since)
         self._limited_lock = threading.Lock()
+        self._trimmed = float('-inf')  # when _give_back_memory last trimmed
 
     # Start-up ----------------------------------------------------------------
 
     def start(self):
         """Resolve the backend, start the spawner and listen. Returns the bound port."""
         env, self._workdir = backends.worker_environment()
+        _few_malloc_arenas()
         self.records = RecordTable()      # before the zygote: every worker inherits it
         self.spawner = Spawner(None, self.revision, self.spares, env=env, records=self.records)
         try:
@@ -1055,8 +1060,8 @@ class Server:
         # a client that drove pins is worth a line; a status query is not
         level = logging.INFO if session.claimed_any else logging.DEBUG
         log.log(level, 'client %s disconnected: %s', session.describe(), printable(reason))
-        if not self.sessions:
-            _give_back_memory()
+        if not self.sessions or session.claimed_any:
+            self._give_back_memory()
 
     def warn_limited(self, key, message, *args):
         """Log a warning about a peer, at most one of each *key* per LOG_INTERVAL."""
@@ -1323,6 +1328,24 @@ class Server:
         for signum in data:
             self.signalled(signum)
 
+    def _give_back_memory(self):
+        """
+        The last client, or one that drove pins, has gone: hand the C heap's free
+        pages back to the system (glibc's ``malloc_trim``), so that what a busy
+        hour took is not kept for a quiet week (a Pi Zero 2 W has 512 MB). At most
+        once every :data:`TRIM_INTERVAL` unless no client is left. Elsewhere, nothing.
+        """
+        now = time.monotonic()
+        if self.sessions and now - self._trimmed < TRIM_INTERVAL:
+            return
+        self._trimmed = now
+        libc = _libc()
+        if libc is not None:
+            try:
+                libc.malloc_trim(0)
+            except Exception:
+                pass
+
     def signalled(self, signum):
         try:
             name = signal.Signals(signum).name
@@ -1337,25 +1360,32 @@ class Server:
                         '%.0f s', name, max(0.0, SHUTDOWN_BOUND - elapsed))
 
 
-def _give_back_memory():
+#: glibc's mallopt parameter: how many malloc arenas the process may have.
+_M_ARENA_MAX = -8
+
+
+def _few_malloc_arenas():
     """
-    The last client has gone: hand the C heap's free pages back to the system
-    (glibc's ``malloc_trim``), so that what a busy hour took is not kept for a
-    quiet week (a Pi Zero 2 W has 512 MB). Elsewhere, nothing.
+    glibc gives threads that allocate arenas of their own, up to eight per CPU,
+    and each keeps what it once held: the server's threads (a reader per pin, a
+    handler per client) would take a dozen, for no gain, since Python's lock
+    serialises them anyway. Two will do. Elsewhere, nothing.
     """
-    trim = _malloc_trim()
-    if trim is not None:
+    libc = _libc()
+    if libc is not None:
         try:
-            trim(0)
+            libc.mallopt(_M_ARENA_MAX, 2)
         except Exception:
             pass
 
 
 @functools.lru_cache(maxsize=None)
-def _malloc_trim():
+def _libc():
+    if not sys.platform.startswith('linux'):
+        return None
     try:
         import ctypes
-        return ctypes.CDLL('libc.so.6').malloc_trim
+        return ctypes.CDLL('libc.so.6')
     except (OSError, AttributeError, ImportError):
         return None
 

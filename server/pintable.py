@@ -456,10 +456,12 @@ class ClaimedPin:
         self.worker.kill()  # reaps the process
         if not abandoned:
             self.registry.freed(self, died)
+        if self.final is not None:
+            # (the table keeps the history, compactly: this object may live on a while)
+            self.final = {k: self.final[k] for k in ('function', 'state', 'frequency', 'pull')}
         route, self._release_route = self._release_route, None
         if route is not None:
-            final = self.final
-            route.finish({k: final[k] for k in ('function', 'state', 'frequency', 'pull')}, None)
+            route.finish(dict(self.final), None)
 
 
 def wait_caught_up(pins, progress, timeout=BARRIER_TIMEOUT):
