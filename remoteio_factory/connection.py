@@ -318,15 +318,19 @@ class Connection:
             try:
                 self.request('heartbeat', timeout=max(lease, self.timeout))
             except RemoteIOConnectionError as exc:
-                if not self._closing and self._broken is None:
-                    self._lost(f'the server did not answer a heartbeat ({exc})')
-                    try:
-                        self._sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+                self._unresponsive(f'the server did not answer a heartbeat ({exc})')
                 return
             except Exception:
                 return
+
+    def _unresponsive(self, why):
+        """The server did not answer in time: the connection is lost (its reader sees the end)."""
+        if not self._closing and self._broken is None:
+            self._lost(why)
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     @property
     def closed(self):
@@ -383,12 +387,7 @@ class Connection:
         try:
             self.wait(oldest)
         except RemoteIOConnectionError as exc:
-            if not self._closing and self._broken is None:
-                self._lost(f'the server did not catch up with the requests posted ({exc})')
-                try:
-                    self._sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._unresponsive(f'the server did not catch up with the requests posted ({exc})')
             self._check()
             raise
 
