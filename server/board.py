@@ -73,8 +73,8 @@ class Board:
         return {pin.gpio: pin.name for pin in self._gpio_pins()}
 
     def fixed_pulls(self):
-        """``{gpio_number: 'up'}`` for the GPIOs with a physical pull resistor (GPIO2, GPIO3)."""
-        return {pin.gpio: pin.pull for pin in self._gpio_pins() if pin.pull}
+        """``{gpio_number: 'up'}`` for the GPIOs with a physical pull-up (GPIO2, GPIO3)."""
+        return {pin.gpio: 'up' for pin in self._gpio_pins() if pin.pull == 'up'}
 
     def main_header(self) -> Tuple[str, List[Tuple[Optional[HeaderPin], Optional[HeaderPin]]]]:
         """The 40- or 26-pin header (J8 or P1): its name and its rows of (left, right) pins."""

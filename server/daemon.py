@@ -45,7 +45,6 @@ import time
 from collections import deque
 from itertools import islice
 
-
 from remoteio_factory import protocol
 from remoteio_factory.protocol import MODES
 from remoteio_factory._version import __version__
