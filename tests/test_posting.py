@@ -23,7 +23,8 @@ from remoteio_factory.connection import POST_MARK, POST_MARKS_AHEAD
 
 #: The most posts a connection may be ahead of what the server has read.
 WINDOW = POST_MARK * (POST_MARKS_AHEAD + 1)
-#: Writes the test posts: far more than the window, and than would block in the sockets.
+#: Writes the test posts: twenty windows (all of them fit in the sockets' buffers, so
+#: without the window the poster would not stop at all).
 TOTAL = 20 * WINDOW
 
 
